@@ -79,7 +79,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -98,17 +98,36 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What every Prism binary shares: settings from flags or environment, log format.
+        .target(
+            name: "PrismRuntime",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "prism-processor",
             dependencies: [
                 "PrismProcessor",
+                "PrismRuntime",
+                "PrismImaging",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
 
+        // Test images, spec builders and decoders shared by the test targets.
+        .target(
+            name: "PrismTestSupport",
+            dependencies: ["CVips", "PrismProto"],
+            path: "Tests/PrismTestSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "PrismWireTests",
             dependencies: [
@@ -122,7 +141,24 @@ let package = Package(
         ),
         .testTarget(
             name: "PrismImagingTests",
-            dependencies: ["PrismImaging", "PrismProto", "CVips"],
+            dependencies: ["PrismImaging", "PrismProto", "CVips", "PrismTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "PrismProcessorTests",
+            dependencies: [
+                "PrismProcessor",
+                "PrismClient",
+                "PrismWire",
+                "PrismProto",
+                "PrismTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

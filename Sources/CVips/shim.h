@@ -260,17 +260,25 @@ static inline VipsImage *prism_decode_copy(const void *buf, size_t len) {
 
 // Starts libvips for a server: no operation cache (a stateless processor never sees the same
 // image twice), untrusted loaders blocked, `concurrency` threads per pipeline.
-static void prism__drop_log(const gchar *domain, GLogLevelFlags level, const gchar *message,
-                            gpointer user) {
-    (void)domain; (void)level; (void)message; (void)user;
+static GLogWriterOutput prism__log_writer(GLogLevelFlags level, const GLogField *fields,
+                                          gsize n_fields, gpointer user) {
+    (void)user;
+    if (level & (G_LOG_LEVEL_WARNING | G_LOG_LEVEL_MESSAGE | G_LOG_LEVEL_INFO | G_LOG_LEVEL_DEBUG)) {
+        for (gsize i = 0; i < n_fields; i++) {
+            if (strcmp(fields[i].key, "GLIB_DOMAIN") == 0 && fields[i].length < 0 &&
+                strcmp((const char *)fields[i].value, "VIPS") == 0) {
+                return G_LOG_WRITER_HANDLED;
+            }
+        }
+    }
+    return g_log_writer_default(level, fields, n_fields, NULL);
 }
 
 // libvips prints warnings about individual images ("ignoring nclx profile", "error in tile")
 // to stderr. A server reports failures through its own errors; these would only flood logs.
 static inline int prism_vips_start(const char *argv0, int concurrency) {
     if (VIPS_INIT(argv0) != 0) return -1;
-    g_log_set_handler("VIPS", G_LOG_LEVEL_WARNING | G_LOG_LEVEL_MESSAGE | G_LOG_LEVEL_INFO,
-                      prism__drop_log, NULL);
+    g_log_set_writer_func(prism__log_writer, NULL, NULL);
     vips_cache_set_max(0);
     vips_cache_set_max_mem(0);
     vips_cache_set_max_files(0);

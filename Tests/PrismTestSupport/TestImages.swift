@@ -1,27 +1,26 @@
-import Foundation
-import Testing
+public import Foundation
 
 /// The corpus made by scripts/make_test_images.py (real photos plus generated edge cases).
-enum TestImages {
-    static let root: URL = {
+public enum TestImages {
+    public static let root: URL = {
         if let path = ProcessInfo.processInfo.environment["PRISM_TEST_IMAGES"] {
             return URL(fileURLWithPath: path)
         }
-        // Tests/PrismImagingTests/TestImages.swift -> repository root.
+        // Tests/PrismTestSupport/TestImages.swift -> repository root.
         return URL(fileURLWithPath: #filePath)
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent(".test-images")
     }()
 
-    static func photo(_ name: String) throws -> Data {
+    public static func photo(_ name: String) throws -> Data {
         try self.load("photos/\(name)")
     }
 
-    static func edge(_ name: String) throws -> Data {
+    public static func edge(_ name: String) throws -> Data {
         try self.load("edge/\(name)")
     }
 
-    static var photoNames: [String] {
+    public static var photoNames: [String] {
         ["Garden.jpg", "Dune.jpg", "Wood.jpg", "TwoWings.jpg", "Storm.jpg", "RainDrops.jpg", "Blinds.jpg", "LadyBird.jpg", "YellowFlower.jpg"]
     }
 
@@ -34,7 +33,7 @@ enum TestImages {
     }
 }
 
-struct MissingTestImage: Error, CustomStringConvertible {
+public struct MissingTestImage: Error, CustomStringConvertible {
     var path: String
-    var description: String { "\(self.path) is missing: run scripts/make_test_images.py (make test does)" }
+    public var description: String { "\(self.path) is missing: run scripts/make_test_images.py (make test does)" }
 }

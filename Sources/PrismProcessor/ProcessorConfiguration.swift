@@ -1,0 +1,36 @@
+public import PrismImaging
+import PrismWire
+import NIOCore
+
+/// Everything a processor is configured with. Every field has a production default.
+public struct ProcessorConfiguration: Sendable {
+    /// Where the frame protocol listens.
+    public var host: String = "127.0.0.1"
+    public var port: Int = 7070
+    /// Where `/healthz`, `/readyz` and `/metrics` are served over HTTP; nil turns it off.
+    public var statusHost: String = "127.0.0.1"
+    public var statusPort: Int? = 9090
+    /// Images worked on at once, each on its own thread.
+    public var workers: Int = System.coreCount
+    /// Calls that may wait for a worker; beyond it new calls get RESOURCE_EXHAUSTED at once.
+    public var queueCapacity: Int = System.coreCount * 4
+    /// Threads libvips uses inside one image's pipeline.
+    public var vipsConcurrency: Int = 1
+    /// The largest frame accepted from a client (the request carries the whole source).
+    public var maxFrameSize: Int = PrismProtocol.defaultMaxFrameSize
+    /// When set, clients must send this token in their Hello.
+    public var authToken: String? = nil
+    /// Image limits: pixels, dimensions, AVIF size, output bytes.
+    public var limits: ImagingLimits = ImagingLimits()
+    /// Budget for calls that do not send one, and the most any call may ask for.
+    public var defaultTimeout: Duration = .seconds(60)
+    public var maxTimeout: Duration = .seconds(300)
+    /// Time a new connection has to send its Hello.
+    public var handshakeTimeout: Duration = .seconds(10)
+    /// On shutdown, how long calls in flight may take to finish before they are cancelled.
+    public var drainTimeout: Duration = .seconds(25)
+
+    public init() {}
+}
+
+

@@ -1,0 +1,121 @@
+public import ArgumentParser
+import Foundation
+
+/// Resolves a setting the way every Prism binary does: the command-line flag if given, else
+/// the environment variable, else the default. A value that does not parse is a start-up
+/// error naming where it came from.
+public struct Settings: Sendable {
+    let environment: [String: String]
+
+    public init(environment: [String: String]) {
+        self.environment = environment
+    }
+
+    /// Settings from this process's environment.
+    public init() {
+        self.environment = ProcessInfo.processInfo.environment
+    }
+
+    public func value<T: SettingValue>(_ flag: T?, env name: String, default fallback: T) throws -> T {
+        if let flag { return flag }
+        guard let raw = self.environment[name], !raw.isEmpty else { return fallback }
+        guard let value = T(setting: raw) else {
+            throw ValidationError("\(name)=\(raw) is not valid: expected \(T.settingDescription).")
+        }
+        return value
+    }
+
+    public func optional<T: SettingValue>(_ flag: T?, env name: String) throws -> T? {
+        if let flag { return flag }
+        guard let raw = self.environment[name], !raw.isEmpty else { return nil }
+        guard let value = T(setting: raw) else {
+            throw ValidationError("\(name)=\(raw) is not valid: expected \(T.settingDescription).")
+        }
+        return value
+    }
+
+    /// A boolean switch: the flag, or the variable set to 1/true/yes.
+    public func flag(_ flag: Bool, env name: String) throws -> Bool {
+        if flag { return true }
+        guard let raw = self.environment[name]?.lowercased(), !raw.isEmpty else { return false }
+        switch raw {
+        case "1", "true", "yes", "on": return true
+        case "0", "false", "no", "off": return false
+        default: throw ValidationError("\(name)=\(raw) is not valid: expected true or false.")
+        }
+    }
+
+    /// Checks a resolved number against a range, naming the flag and variable in the message.
+    public static func check<T: Comparable>(_ value: T, in range: ClosedRange<T>, _ what: String) throws {
+        guard range.contains(value) else {
+            throw ValidationError("\(what) must be between \(range.lowerBound) and \(range.upperBound); got \(value).")
+        }
+    }
+}
+
+/// A type a setting can be parsed into.
+public protocol SettingValue {
+    init?(setting: String)
+    static var settingDescription: String { get }
+}
+
+extension Int: SettingValue {
+    public init?(setting: String) { self.init(setting.trimmingCharacters(in: .whitespaces)) }
+    public static var settingDescription: String { "a whole number" }
+}
+
+extension String: SettingValue {
+    public init?(setting: String) { self = setting }
+    public static var settingDescription: String { "text" }
+}
+
+/// A duration written as `250ms`, `30s`, `5m` or a plain number of seconds.
+public struct DurationSetting: SettingValue, ExpressibleByArgument, Sendable, CustomStringConvertible {
+    public var duration: Duration
+
+    public init(_ duration: Duration) { self.duration = duration }
+
+    public init?(setting: String) {
+        let text = setting.trimmingCharacters(in: .whitespaces).lowercased()
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            guard let number = Double(text.dropLast(suffix.count)), number >= 0 else { return nil }
+            self.duration = .milliseconds(Int64((number * scale * 1000).rounded()))
+            return
+        }
+        guard let seconds = Double(text), seconds >= 0 else { return nil }
+        self.duration = .milliseconds(Int64((seconds * 1000).rounded()))
+    }
+
+    public init?(argument: String) { self.init(setting: argument) }
+    public static var settingDescription: String { "a duration such as 500ms, 30s or 5m" }
+    public var description: String { "\(self.duration)" }
+}
+
+/// A size in bytes written as `1048576`, `512k`, `64m` or `1g` (binary multiples).
+public struct ByteSizeSetting: SettingValue, ExpressibleByArgument, Sendable {
+    public var bytes: Int
+
+    public init(_ bytes: Int) { self.bytes = bytes }
+
+    public init?(setting: String) {
+        var text = setting.trimmingCharacters(in: .whitespaces).lowercased()
+        for suffix in ["ib", "b"] where text.hasSuffix(suffix) && text.count > suffix.count {
+            text.removeLast(suffix.count)
+            break
+        }
+        let scales: [Character: Int] = ["k": 1 << 10, "m": 1 << 20, "g": 1 << 30]
+        var scale = 1
+        if let last = text.last, let s = scales[last] {
+            scale = s
+            text.removeLast()
+        }
+        guard let number = Int(text), number >= 0 else { return nil }
+        let (bytes, overflow) = number.multipliedReportingOverflow(by: scale)
+        guard !overflow else { return nil }
+        self.bytes = bytes
+    }
+
+    public init?(argument: String) { self.init(setting: argument) }
+    public static var settingDescription: String { "a size such as 1048576, 512k, 64m or 1g" }
+}
