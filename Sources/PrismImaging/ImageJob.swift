@@ -171,7 +171,7 @@ private struct JobRun {
                 throw ImagingError(
                     code: .invalidArgument,
                     reason: .blockedFormat,
-                    message: "\(blocked) files are not accepted because their loaders are unsafe for untrusted input; convert to JPEG, PNG, WebP, AVIF or GIF first."
+                    message: "Images in \(blocked) format are not accepted because their decoders are unsafe for untrusted input; convert to JPEG, PNG, WebP, AVIF or GIF first."
                 )
             }
             throw ImagingError(
@@ -182,10 +182,11 @@ private struct JobRun {
         }
         let loaderName = String(cString: name)
         guard let loader = Loader(vipsName: loaderName) else {
+            let format = BlockedFormat.detect(self.bytes) ?? BlockedFormat.name(ofLoader: loaderName)
             throw ImagingError(
                 code: .invalidArgument,
                 reason: .blockedFormat,
-                message: "This image format is not accepted; convert to JPEG, PNG, WebP, AVIF or GIF first.",
+                message: "Images in \(format) format are not accepted because their decoders are unsafe for untrusted input; convert to JPEG, PNG, WebP, AVIF or GIF first.",
                 detail: loaderName
             )
         }

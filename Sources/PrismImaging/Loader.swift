@@ -45,6 +45,16 @@ struct Loader {
 /// Recognises formats that are images but that Prism refuses to decode, so the sender hears
 /// "blocked" rather than "not an image".
 enum BlockedFormat {
+    /// A readable name for a libvips loader Prism refuses: "VipsForeignLoadSvgBuffer" -> "SVG".
+    static func name(ofLoader loader: String) -> String {
+        let known: [(String, String)] = [
+            ("Svg", "SVG"), ("Pdf", "PDF"), ("Magick", "ImageMagick-only"), ("Jp2k", "JPEG 2000"),
+            ("Jxl", "JPEG XL"), ("Openexr", "OpenEXR"), ("Fits", "FITS"), ("Matrix", "Matrix"),
+            ("Csv", "CSV"), ("Ppm", "PPM"), ("Rad", "Radiance"), ("Vips", "VIPS"), ("Openslide", "OpenSlide"),
+        ]
+        return known.first { loader.contains($0.0) }?.1 ?? "this"
+    }
+
     static func detect(_ bytes: UnsafeRawBufferPointer) -> String? {
         let head = Array(bytes.prefix(4096))
         func starts(_ magic: [UInt8], at offset: Int = 0) -> Bool {

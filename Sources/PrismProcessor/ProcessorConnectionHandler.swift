@@ -45,7 +45,7 @@ final class ProcessorConnectionHandler: Sendable {
         self.asyncChannel = channel
         self.server = server
         var logger = server.logger
-        logger[metadataKey: "peer"] = "\(channel.channel.remoteAddress.map { "\($0)" } ?? "?")"
+        logger[metadataKey: "peer"] = "\(channel.channel.remoteAddress.map(describe) ?? "?")"
         self.logger = logger
     }
 
@@ -272,7 +272,7 @@ final class ProcessorConnectionHandler: Sendable {
                     ending = (error.code, error.reason)
                     self.send(.error(callID: callID, PrismRPCError(code: error.code, reason: error.reason, message: error.message, variant: error.variant)))
                     if error.code != .cancelled, error.code != .deadlineExceeded {
-                        logger.info("call refused", metadata: ["code": "\(error.code)", "reason": "\(error.reason)", "detail": "\(error.detail ?? "")"])
+                        logger.info("call refused", metadata: ["code": "\(error.code.label)", "reason": "\(error.reason.label)", "detail": "\(error.detail ?? "")"])
                     }
                     break loop
                 case .timedOut:
@@ -298,7 +298,7 @@ final class ProcessorConnectionHandler: Sendable {
         default: metrics.callFailed(code: ending.code, reason: ending.reason)
         }
         logger.info("call finished", metadata: [
-            "code": "\(ending.code)", "variants": "\(request.variants.count)",
+            "code": "\(ending.code.label)", "variants": "\(request.variants.count)",
             "bytes_in": "\(request.source.count)", "ms": "\(micros(duration) / 1000)",
         ])
         self.finishCall(callID)
@@ -348,7 +348,7 @@ final class ProcessorConnectionHandler: Sendable {
     /// Sends one connection-level Error frame and closes once it is written.
     private func closeWithError(_ error: PrismRPCError, detail: String? = nil) async {
         self.server.metrics.protocolError(error.reason)
-        self.logger.info("closing connection", metadata: ["code": "\(error.code)", "reason": "\(error.reason)", "detail": "\(detail ?? error.message)"])
+        self.logger.info("closing connection", metadata: ["code": "\(error.code.label)", "reason": "\(error.reason.label)", "detail": "\(detail ?? error.message)"])
         try? await self.channel.writeAndFlush(Prism_V1_Frame.error(callID: 0, error)).get()
         try? await self.channel.close()
     }
@@ -368,4 +368,10 @@ private func constantTimeEquals(_ a: String, _ b: String) -> Bool {
         difference |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)
     }
     return difference == 0
+}
+
+/// "127.0.0.1:7070" rather than NIO's "[IPv4]127.0.0.1/127.0.0.1:7070".
+func describe(_ address: SocketAddress) -> String {
+    guard let ip = address.ipAddress, let port = address.port else { return "\(address)" }
+    return address.protocol == .inet6 ? "[\(ip)]:\(port)" : "\(ip):\(port)"
 }

@@ -1,0 +1,35 @@
+# Prism: the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make run      install what is needed, build (release), start a gateway and two processors"
+	@echo "make test     install what is needed, build, run every test (Swift, C client, system)"
+	@echo "make build    debug build of everything, including the C client"
+	@echo "make bench    the benchmark harness (Benchmarks/README.md)"
+	@echo "make protos   regenerate Sources/PrismProto from Protos/"
+
+deps:
+	scripts/install-deps.sh
+
+test-deps:
+	scripts/install-deps.sh --test
+	python3 scripts/make_test_images.py
+
+build: deps
+	swift build
+	$(MAKE) -s -C Sources/prism-call
+
+test: test-deps
+	swift build --build-tests
+	$(MAKE) -s -C Sources/prism-call
+	swift test --skip-build
+	python3 -m pytest -q Tests/system
+
+run: deps
+	scripts/run-local.sh
+
+protos:
+	scripts/gen-protos.sh
+
+.PHONY: help deps test-deps build test run protos

