@@ -107,6 +107,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Where images are kept: local disk, or S3 through libcurl's multi interface and SigV4.
+        .target(
+            name: "PrismStorage",
+            dependencies: [
+                "CCurl",
+                "CCrypto",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "prism-processor",
             dependencies: [
@@ -158,6 +169,14 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "PrismStorageTests",
+            dependencies: [
+                "PrismStorage",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

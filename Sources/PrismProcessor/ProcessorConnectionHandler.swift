@@ -57,7 +57,8 @@ final class ProcessorConnectionHandler: Sendable {
             try await self.asyncChannel.executeThenClose { inbound, _ in
                 try await withThrowingDiscardingTaskGroup { group in
                     group.addTask {
-                        await self.server.draining.get()
+                        // Cancelled (below) when the connection ends first.
+                        guard (try? await self.server.draining.get()) != nil else { return }
                         self.drain()
                     }
                     defer { group.cancelAll() }

@@ -41,13 +41,13 @@ public final class ProcessorServer: Service, Sendable {
     }
 
     /// The address the frame protocol listens on, once bound (useful with port 0).
-    public func listeningAddress() async -> SocketAddress {
-        await self.bound.get()
+    public func listeningAddress() async throws -> SocketAddress {
+        try await self.bound.get()
     }
 
     /// The address of the HTTP status server, once bound.
-    public func statusAddress() async -> SocketAddress {
-        await self.statusBound.get()
+    public func statusAddress() async throws -> SocketAddress {
+        try await self.statusBound.get()
     }
 
     public func run() async throws {

@@ -1,7 +1,6 @@
 import Foundation
 @testable import PrismImaging
 import PrismProto
-import Synchronization
 import Testing
 
 /// Watches libvips stop: a long blur on a 19 MP photo, run once to the end and then cut short.
@@ -11,52 +10,51 @@ struct CancellationTests {
     static let slow = [variant("slow", [blur(30)], format: .jpeg)]
 
     /// Runs the slow job on its own thread; returns how long `run` took and how it ended.
-    static func timedRun(_ cancellation: JobCancellation, cancelAfter: Duration? = nil) throws -> (Duration, Result<JobSummary, ImagingError>) {
+    static func timedRun(_ cancellation: JobCancellation, cancelAfter: Duration? = nil) async throws -> (Duration, Result<JobSummary, ImagingError>) {
         #expect(startVips())
         let source = try Self.source.get()
         let clock = ContinuousClock()
         let start = clock.now
-        let outcome = Mutex<Result<JobSummary, ImagingError>?>(nil)
-        let thread = Thread {
-            let result = Result { () throws(ImagingError) in
+        let canceller = Task {
+            if let cancelAfter {
+                try await Task.sleep(for: cancelAfter)
+                cancellation.cancel()
+            }
+        }
+        let result = try await onThread {
+            Result { () throws(ImagingError) in
                 try ImageJob(source: source, variants: Self.slow).run(cancellation: cancellation) { _ in }
             }
-            outcome.withLock { $0 = result }
         }
-        thread.start()
-        if let cancelAfter {
-            Thread.sleep(forTimeInterval: Double(cancelAfter.components.seconds) + Double(cancelAfter.components.attoseconds) / 1e18)
-            cancellation.cancel()
-        }
-        while outcome.withLock({ $0 == nil }) { Thread.sleep(forTimeInterval: 0.005) }
-        return (clock.now - start, outcome.withLock { $0! })
+        canceller.cancel()
+        return (clock.now - start, result)
     }
 
     @Test("cancel and deadline both stop libvips far sooner than the full run")
-    func stops() throws {
-        let (full, fullResult) = try Self.timedRun(JobCancellation())
+    func stops() async throws {
+        let (full, fullResult) = try await Self.timedRun(JobCancellation())
         #expect(throws: Never.self) { try fullResult.get() }
         #expect(full > .seconds(2), "the slow job must be slow enough to show anything (took \(full))")
 
         let cancellation = JobCancellation()
-        let (cancelled, cancelledResult) = try Self.timedRun(cancellation, cancelAfter: .milliseconds(500))
+        let (cancelled, cancelledResult) = try await Self.timedRun(cancellation, cancelAfter: .milliseconds(500))
         #expect(throws: ImagingError.self) { try cancelledResult.get() }
         if case .failure(let error) = cancelledResult { #expect(error.code == .cancelled) }
         #expect(cancellation.killedComputation, "the eval handler killed the computation")
         #expect(cancelled < full / 3, "cancelled after 0.5 s, returned after \(cancelled); the full run takes \(full)")
 
         let deadline = JobCancellation(deadline: .now + .milliseconds(500))
-        let (late, lateResult) = try Self.timedRun(deadline)
+        let (late, lateResult) = try await Self.timedRun(deadline)
         if case .failure(let error) = lateResult { #expect(error.code == .deadlineExceeded) } else { Issue.record("the job beat its deadline") }
         #expect(deadline.killedComputation)
         #expect(late < full / 3, "deadline 0.5 s, returned after \(late); the full run takes \(full)")
     }
 
     @Test("a job cancelled before it starts does no work")
-    func cancelledBeforeStart() throws {
+    func cancelledBeforeStart() async throws {
         let cancellation = JobCancellation()
         cancellation.cancel()
-        let (_, result) = try Self.timedRun(cancellation)
+        let (_, result) = try await Self.timedRun(cancellation)
         if case .failure(let error) = result { #expect(error.code == .cancelled) } else { Issue.record("ran anyway") }
         #expect(!cancellation.killedComputation, "nothing was started, so nothing had to be killed")
     }

@@ -18,7 +18,7 @@ struct ProcessorCancellationTests {
             try await fixture.withConnection { connection in
                 // 1. The full run, for scale.
                 _ = try await connection.process(ProcessRequest(source: source, variants: slow))
-                var metrics = try fixture.metrics()
+                var metrics = try await fixture.metrics()
                 let full = metricValue(metrics, "prism_processor_job_seconds_sum", labels: #"outcome="ok""#)
                 #expect(full > 2, "the slow job must be slow enough to show anything (took \(full) s)")
 

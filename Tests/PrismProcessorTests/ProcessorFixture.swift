@@ -36,8 +36,8 @@ struct ProcessorFixture: Sendable {
         let group = ServiceGroup(services: [server], logger: logger)
         return try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
-            let port = await server.listeningAddress().port!
-            let statusPort = await server.statusAddress().port!
+            let port = try await server.listeningAddress().port!
+            let statusPort = try await server.statusAddress().port!
             do {
                 let result = try await body(ProcessorFixture(server: server, group: group, port: port, statusPort: statusPort))
                 await group.triggerGracefulShutdown()
@@ -61,17 +61,18 @@ struct ProcessorFixture: Sendable {
         try await ProcessorConnection.withConnection(host: "127.0.0.1", port: self.port, body)
     }
 
-    func metrics() throws -> String {
-        try httpGet(port: self.statusPort, path: "/metrics").body
+    func metrics() async throws -> String {
+        let port = self.statusPort
+        return try await onThread { try httpGet(port: port, path: "/metrics").body }
     }
 
     /// Polls /metrics until `condition` holds or `timeout` passes; returns the last scrape.
     func waitForMetrics(timeout: Duration = .seconds(20), _ condition: (String) -> Bool) async throws -> String {
         let limit = ContinuousClock.now + timeout
-        var text = try self.metrics()
+        var text = try await self.metrics()
         while !condition(text), ContinuousClock.now < limit {
             try await Task.sleep(for: .milliseconds(10))
-            text = try self.metrics()
+            text = try await self.metrics()
         }
         return text
     }

@@ -33,7 +33,7 @@ struct ProcessorTests {
                     #expect(seen.count == 16)
                 }
             }
-            let metrics = try fixture.metrics()
+            let metrics = try await fixture.metrics()
             #expect(metricValue(metrics, "prism_processor_calls_started_total") == 16)
             #expect(metricValue(metrics, "prism_processor_calls_succeeded_total") == 16)
         }
@@ -64,7 +64,7 @@ struct ProcessorTests {
         try await ProcessorFixture.run { fixture in
             let raw = try RawSocket(port: fixture.port)
             raw.send(Array("GET / HTTP/1.1\r\nHost: processor\r\n\r\n".utf8))
-            let (frames, closed) = try raw.readUntilClosed()
+            let (frames, closed) = try await onThread { try raw.readUntilClosed() }
             #expect(closed, "the processor closes a connection that sends garbage")
             #expect(frames.count == 1)
             #expect(frames.first?.callID == 0)
@@ -73,7 +73,7 @@ struct ProcessorTests {
             let small = try RawSocket(port: fixture.port)
             try small.send(helloFrame())
             small.send([0, 0, 0, 5, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])  // fits, but is not a Frame
-            let (answers, smallClosed) = try small.readUntilClosed()
+            let (answers, smallClosed) = try await onThread { try small.readUntilClosed() }
             #expect(smallClosed)
             #expect(answers.last?.error.reason == .protocolViolation)
 
@@ -81,7 +81,7 @@ struct ProcessorTests {
                 try await connection.process(ProcessRequest(source: try TestImages.photo("Dune.jpg"), variants: [variant("v", [resize(64, 64)])]))
             }
             #expect(result.variants[0].width == 64)
-            let metrics = try fixture.metrics()
+            let metrics = try await fixture.metrics()
             #expect(metricValue(metrics, "prism_processor_protocol_errors_total") == 2)
         }
     }
@@ -91,7 +91,7 @@ struct ProcessorTests {
         try await ProcessorFixture.run({ $0.authToken = "s3cret" }) { fixture in
             let future = try RawSocket(port: fixture.port)
             try future.send(helloFrame(version: 2, token: "s3cret"))
-            let (frames, closed) = try future.readUntilClosed()
+            let (frames, closed) = try await onThread { try future.readUntilClosed() }
             #expect(closed)
             #expect(frames.last?.error.reason == .unsupportedVersion)
             #expect(frames.last?.error.message.contains("version 1") == true)

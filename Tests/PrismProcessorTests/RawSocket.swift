@@ -8,7 +8,7 @@ import Glibc
 #endif
 
 /// A bare TCP client for sending the processor bytes no well-behaved client would.
-final class RawSocket {
+final class RawSocket: @unchecked Sendable {
     let fd: Int32
 
     init(port: Int) throws {

