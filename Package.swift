@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "prism-processor", targets: ["prism-processor"]),
+        .executable(name: "prism-gateway", targets: ["prism-gateway"]),
         .library(name: "PrismClient", targets: ["PrismClient"]),
     ],
     dependencies: [
@@ -65,6 +66,7 @@ let package = Package(
             dependencies: [
                 "CVips",
                 "PrismProto",
+                "PrismWire",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -95,6 +97,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -118,6 +122,26 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The HTTP API: uploads, recipes, orchestration over the processor pool, storage.
+        .target(
+            name: "PrismGateway",
+            dependencies: [
+                "PrismClient",
+                "PrismStorage",
+                "PrismWire",
+                "PrismProto",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "MultipartKit", package: "multipart-kit"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "prism-processor",
             dependencies: [
@@ -138,7 +162,21 @@ let package = Package(
             dependencies: ["CVips", "PrismProto"],
             path: "Tests/PrismTestSupport",
             swiftSettings: swiftSettings
+        ),        .executableTarget(
+            name: "prism-gateway",
+            dependencies: [
+                "PrismGateway",
+                "PrismRuntime",
+                "PrismClient",
+                "PrismStorage",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
         ),
+
         .testTarget(
             name: "PrismWireTests",
             dependencies: [

@@ -1,4 +1,5 @@
 import PrismProto
+import PrismWire
 
 /// A variant spec checked and worked out against one source, before any pixel is decoded.
 struct VariantPlan {
@@ -21,65 +22,13 @@ struct VariantPlan {
 extension VariantPlan {
     /// Checks a spec on its own: everything that does not depend on the source.
     static func validate(_ spec: Prism_V1_VariantSpec, index: Int, limits: ImagingLimits) throws(ImagingError) {
+        guard let problem = VariantSpecRules.problem(in: spec, maxOutputDimension: limits.maxOutputDimension, maxOperations: limits.maxOperations) else {
+            return
+        }
         let label = spec.name.isEmpty ? "#\(index)" : spec.name
         let variant = spec.name.isEmpty ? nil : spec.name
-        func fail(_ text: String) -> ImagingError {
-            .invalidSpec("Variant \(label): \(text)", variant: variant)
-        }
-        guard spec.name.utf8.count <= 64 else { throw fail("the name is longer than 64 bytes.") }
-        guard spec.operations.count <= limits.maxOperations else {
-            throw fail("it has \(spec.operations.count) operations; at most \(limits.maxOperations) are allowed.")
-        }
-        for op in spec.operations {
-            switch op.op {
-            case .resize(let r):
-                guard r.width > 0 || r.height > 0 else { throw fail("resize needs a width, a height or both.") }
-                guard r.width <= limits.maxOutputDimension, r.height <= limits.maxOutputDimension else {
-                    throw ImagingError.outputTooLarge(
-                        "Variant \(label): resize to \(r.width)x\(r.height) exceeds the \(limits.maxOutputDimension)-pixel dimension limit.",
-                        variant: variant
-                    )
-                }
-                if case .UNRECOGNIZED(let v) = r.fit { throw fail("unknown fit \(v).") }
-                if case .UNRECOGNIZED(let v) = r.position { throw fail("unknown position \(v).") }
-                if r.hasBackground { try checkColor(r.background, fail) }
-            case .crop(let c):
-                guard c.width > 0, c.height > 0 else { throw fail("crop needs a width and a height.") }
-                if case .UNRECOGNIZED(let v) = c.gravity { throw fail("unknown gravity \(v).") }
-            case .extract(let e):
-                guard e.width > 0, e.height > 0 else { throw fail("extract needs a width and a height.") }
-            case .blur(let b):
-                guard b.sigma.isFinite, b.sigma > 0, b.sigma <= 1000 else {
-                    throw fail("blur sigma must be more than 0 and at most 1000.")
-                }
-            case .sharpen(let s):
-                guard s.sigma.isFinite, s.sigma >= 0, s.sigma <= 10 else {
-                    throw fail("sharpen sigma must be between 0 and 10.")
-                }
-            case .rotate(let r):
-                guard r.angle % 90 == 0, r.angle < 360 else {
-                    throw fail("rotate angle must be 0, 90, 180 or 270, not \(r.angle).")
-                }
-            case .flatten(let f):
-                if f.hasBackground { try checkColor(f.background, fail) }
-            case .flip, .flop, .grayscale:
-                break
-            case nil:
-                throw fail("an operation is empty or of a kind this processor does not know.")
-            }
-        }
-        let output = spec.output
-        switch output.format {
-        case .unspecified, .jpeg, .png, .webp, .avif, .gif: break
-        case .tiff, .heic: throw fail("\(output.format) can be read but not written; choose JPEG, PNG, WebP, AVIF or GIF.")
-        case .UNRECOGNIZED(let v): throw fail("unknown output format \(v).")
-        }
-        guard output.quality <= 100 else { throw fail("quality must be between 1 and 100.") }
-        guard output.effort <= 9 else { throw fail("effort must be between 0 and 9.") }
-    }
-
-    private static func checkColor(_ c: Prism_V1_Color, _ fail: (String) -> ImagingError) throws(ImagingError) {
-        guard c.r <= 255, c.g <= 255, c.b <= 255 else { throw fail("colour components must be 0 to 255.") }
+        let message = "Variant \(label): \(problem.message)"
+        throw problem.exceedsLimits ? .outputTooLarge(message, variant: variant) : .invalidSpec(message, variant: variant)
     }
 
     /// Works out the variant against the source's header: sizes after each operation, the

@@ -45,7 +45,7 @@ final class ProcessorConnectionHandler: Sendable {
         self.asyncChannel = channel
         self.server = server
         var logger = server.logger
-        logger[metadataKey: "peer"] = "\(channel.channel.remoteAddress.map(describe) ?? "?")"
+        logger[metadataKey: "peer"] = "\(channel.channel.remoteAddress?.hostPort ?? "?")"
         self.logger = logger
     }
 
@@ -369,10 +369,4 @@ private func constantTimeEquals(_ a: String, _ b: String) -> Bool {
         difference |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)
     }
     return difference == 0
-}
-
-/// "127.0.0.1:7070" rather than NIO's "[IPv4]127.0.0.1/127.0.0.1:7070".
-func describe(_ address: SocketAddress) -> String {
-    guard let ip = address.ipAddress, let port = address.port else { return "\(address)" }
-    return address.protocol == .inet6 ? "[\(ip)]:\(port)" : "\(ip):\(port)"
 }

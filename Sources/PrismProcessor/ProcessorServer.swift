@@ -79,7 +79,7 @@ public final class ProcessorServer: Service, Sendable {
         let address = server.channel.localAddress!
         self.bound.set(address)
         self.logger.info("processor listening", metadata: [
-            "address": "\(describe(address))", "workers": "\(config.workers)", "queue": "\(config.queueCapacity)",
+            "address": "\(address.hostPort)", "workers": "\(config.workers)", "queue": "\(config.queueCapacity)",
             "libvips": "\(Vips.version)",
         ])
 

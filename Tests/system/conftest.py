@@ -130,6 +130,99 @@ def wait_until(condition, timeout=20, interval=0.02, message="condition"):
     raise AssertionError(f"timed out waiting for {message}")
 
 
+class Gateway(Service):
+    def __init__(self, log_dir, processors=(), *flags, env=None, dns=None, storage_dir=None):
+        self.port = free_port()
+        self.data_dir = Path(storage_dir or Path(log_dir) / "data")
+        args = [BIN / "prism-gateway", "--port", self.port, "--data-dir", self.data_dir, *flags]
+        if processors:
+            args += ["--processors", ",".join(p.address if hasattr(p, "address") else p for p in processors)]
+        if dns:
+            args += ["--processor-dns", dns]
+        super().__init__(f"gateway-{self.port}", args, log_dir, env=env, ready_url=f"http://127.0.0.1:{self.port}/healthz")
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_processors(self, count, timeout=20):
+        def ready():
+            r = requests.get(self.url + "/readyz", timeout=2)
+            return r.status_code == 200 and f"ready: {count} " in r.text
+        wait_until(ready, timeout, message=f"{count} processors ready")
+
+    def upload(self, path, recipe=None, headers=None, timeout=60):
+        params = {"recipe": recipe} if recipe else None
+        with open(path, "rb") as f:
+            return requests.post(self.url + "/v1/images", params=params, files={"file": (Path(path).name, f)},
+                                 headers=headers, timeout=timeout)
+
+    def metrics(self):
+        return requests.get(self.url + "/metrics", timeout=5).text
+
+    def stored_files(self):
+        """Every object in the local store (the gateway's data directory)."""
+        if not self.data_dir.exists():
+            return []
+        return sorted(str(p.relative_to(self.data_dir)) for p in self.data_dir.rglob("*") if p.is_file())
+
+
+class Seaweed(Service):
+    """A real S3 server: SeaweedFS with SigV4 credentials required."""
+    ACCESS_KEY = "prism-test"
+    SECRET_KEY = "prism-test-secret"
+
+    def __init__(self, log_dir):
+        ports = [free_port() for _ in range(8)]
+        while len(set(ports)) < 8:
+            ports = [free_port() for _ in range(8)]
+        self.s3_port = ports[6]
+        data = Path(log_dir) / "weed-data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = Path(log_dir) / "s3.json"
+        config.write_text('{"identities":[{"name":"prism","credentials":[{"accessKey":"%s","secretKey":"%s"}],'
+                          '"actions":["Admin","Read","Write","List","Tagging"]}]}' % (self.ACCESS_KEY, self.SECRET_KEY))
+        args = ["weed", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
+                f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
+                f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}",
+                f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
+                "-s3", f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}", f"-s3.config={config}",
+                "-volume.max=0", "-master.volumeSizeLimitMB=64"]
+        super().__init__("seaweedfs", args, log_dir)
+        wait_until(self._answers, 60, 0.1, "SeaweedFS S3 to answer")
+
+    def _answers(self):
+        if not self.alive():
+            raise RuntimeError("weed exited:\n" + self.log()[-3000:])
+        try:
+            return requests.get(self.endpoint, timeout=1).status_code in (200, 403)
+        except requests.RequestException:
+            return False
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def client(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.ACCESS_KEY,
+                            aws_secret_access_key=self.SECRET_KEY, region_name="us-east-1")
+
+    def gateway_env(self):
+        return {"AWS_ACCESS_KEY_ID": self.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY}
+
+    def keys(self, bucket, prefix=""):
+        listing = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+        return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    server = Seaweed(tmp_path_factory.mktemp("seaweed"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def services(tmp_path):
     """Starts services for one test and stops all of them afterwards, newest first."""
@@ -142,6 +235,11 @@ def services(tmp_path):
             p = Processor(tmp_path, *flags, **kw)
             started.append(p)
             return p
+
+        def gateway(self, processors=(), *flags, **kw):
+            g = Gateway(tmp_path, processors, *flags, **kw)
+            started.append(g)
+            return g
 
         def add(self, service):
             started.append(service)

@@ -1,0 +1,254 @@
+public import Foundation
+public import Hummingbird
+public import Logging
+import CoreMetrics
+import NIOCore
+public import PrismClient
+import PrismProto
+public import PrismStorage
+import PrismWire
+public import Prometheus
+public import ServiceLifecycle
+import Synchronization
+
+/// The request context: Hummingbird's, plus the connection, to notice a client that leaves.
+public struct GatewayContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let channel: any Channel
+    /// Set by the request-id middleware; travels to processors in every call.
+    public var requestID: String = ""
+
+    public init(source: ApplicationRequestContextSource) {
+        self.coreContext = .init(source: source)
+        self.channel = source.channel
+    }
+}
+
+/// A whole gateway: HTTP API, processor pool, object store, and the services that run them.
+///
+/// `services` lists them in start order for one `ServiceGroup`; shutdown runs in reverse, so the
+/// HTTP server drains its uploads first, then the pool closes, then the curl thread stops.
+public final class Gateway: Sendable {
+    public let configuration: GatewayConfiguration
+    public let recipes: RecipeBook
+    public let pool: ProcessorPool
+    public let store: any ObjectStore
+    let curl: CurlDriver?
+    let metrics: GatewayMetrics
+    let logger: Logger
+    let coordinator: UploadCoordinator
+    private let activeUploads = Mutex(0)
+    private let bound = Mutex<SocketAddress?>(nil)
+
+    public init(configuration: GatewayConfiguration, logger: Logger = Logger(label: "prism.gateway"), registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) throws {
+        self.configuration = configuration
+        self.logger = logger
+        self.recipes = try RecipeBook.load(file: configuration.recipesFile)
+        self.metrics = GatewayMetrics(registry: registry)
+        self.pool = ProcessorPool(configuration: configuration.processors, logger: logger, metricsFactory: self.metrics.factory)
+        switch configuration.storage {
+        case .local(let directory, let publicBaseURL):
+            let base = publicBaseURL ?? "http://\(configuration.host == "0.0.0.0" ? "localhost" : configuration.host):\(configuration.port)/files"
+            self.store = try LocalDiskStore(root: URL(fileURLWithPath: directory), publicBaseURL: base)
+            self.curl = nil
+        case .s3(let s3, _):
+            let curl = CurlDriver()
+            self.curl = curl
+            self.store = try S3Store(configuration: s3, curl: curl)
+        }
+        self.coordinator = UploadCoordinator(pool: self.pool, store: self.store, configuration: configuration, metrics: self.metrics)
+    }
+
+    /// Creates the S3 bucket when configured to; call once the curl driver runs.
+    func prepareStorage() async throws {
+        if case .s3(_, let create) = self.configuration.storage, create, let s3 = self.store as? S3Store {
+            try await s3.ensureBucket()
+        }
+    }
+
+    /// The services to run, in order: curl thread (S3 only), processor pool, HTTP server.
+    public func services(onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }) -> [any Service] {
+        var services: [any Service] = []
+        if let curl = self.curl { services.append(curl) }
+        services.append(self.pool)
+        services.append(self.application(onServerRunning: onServerRunning))
+        return services
+    }
+
+    func application(onServerRunning: @escaping @Sendable (any Channel) async -> Void) -> some ApplicationProtocol {
+        let router = Router(context: GatewayContext.self)
+        router.add(middleware: RequestIDMiddleware())
+        router.add(middleware: ProblemMiddleware(logger: self.logger))
+        router.add(middleware: MetricsMiddleware(metrics: self.metrics))
+        self.addOperationalRoutes(router)
+        if case .local = self.configuration.storage, let local = self.store as? LocalDiskStore {
+            self.addFileRoutes(router, store: local)
+        }
+        let v1 = router.group("v1")
+        if !self.configuration.apiKeys.isEmpty {
+            v1.add(middleware: APIKeyMiddleware(keys: self.configuration.apiKeys))
+        }
+        self.addImageRoutes(v1)
+        return Application(
+            router: router,
+            server: DisconnectAwareHTTP1.builder,
+            configuration: .init(address: .hostname(self.configuration.host, port: self.configuration.port), serverName: "prism-gateway"),
+            onServerRunning: { channel in
+                self.bound.withLock { $0 = channel.localAddress }
+                do {
+                    try await self.prepareStorage()
+                } catch {
+                    self.logger.error("storage is not ready", metadata: ["error": "\(error)"])
+                }
+                self.logger.info("gateway listening", metadata: ["address": "\(channel.localAddress?.hostPort ?? "?")"])
+                await onServerRunning(channel)
+            },
+            logger: self.logger
+        )
+    }
+
+    // MARK: Routes
+
+    private func addImageRoutes(_ v1: RouterGroup<GatewayContext>) {
+        v1.post("images") { request, context in
+            try await self.upload(request, context: context)
+        }
+        v1.get("images/:id") { request, context -> Response in
+            let id = try self.imageID(context)
+            guard let data = try await self.storeCall({ try await self.store.get(key: Manifest.key(id: id)) }) else {
+                throw GatewayError.notFound("No image with id \(id).")
+            }
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        }
+        v1.delete("images/:id") { request, context -> Response in
+            let id = try self.imageID(context)
+            let keys = try await self.storeCall { try await self.store.list(prefix: "images/\(id)/") }
+            guard !keys.isEmpty else { throw GatewayError.notFound("No image with id \(id).") }
+            // The manifest goes first: the image stops existing before its files do.
+            let manifest = Manifest.key(id: id)
+            try await self.storeCall { try await self.store.delete(keys: keys.filter { $0 == manifest }) }
+            try await self.storeCall { try await self.store.delete(keys: keys.filter { $0 != manifest }) }
+            context.logger.info("image deleted", metadata: ["image_id": "\(id)", "objects": "\(keys.count)"])
+            return Response(status: .noContent)
+        }
+        v1.get("recipes") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: self.recipes.json())))
+        }
+    }
+
+    private func addOperationalRoutes(_ router: Router<GatewayContext>) {
+        router.get("healthz") { _, _ in "ok\n" }
+        router.get("readyz") { _, _ -> Response in
+            let ready = self.pool.readyLoads().count
+            guard ready > 0 else {
+                throw GatewayError(.serviceUnavailable, "not-ready", "Not ready", detail: "No image processor is connected.", retryAfter: 2)
+            }
+            return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "ready: \(ready) processor(s)\n")))
+        }
+        let registry = self.metrics.registry
+        router.get("metrics") { _, _ -> Response in
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(32_768)
+            registry.emit(into: &bytes)
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+        }
+    }
+
+    private func addFileRoutes(_ router: Router<GatewayContext>, store: LocalDiskStore) {
+        let cacheControl = self.configuration.cacheControl
+        router.get("files/**") { request, context -> Response in
+            let key = context.parameters.getCatchAll().joined(separator: "/")
+            guard let url = store.fileURL(for: key), let data = try await store.get(key: key) else {
+                throw GatewayError.notFound("No such file.")
+            }
+            let attributes = try? FileManager.default.attributesOfItem(atPath: url.path)
+            let modified = (attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+            let etag = "W/\"\(data.count)-\(Int(modified * 1000))\""
+            var headers: HTTPFields = [
+                .contentType: contentType(forKey: key),
+                .cacheControl: key.hasSuffix("manifest.json") ? "no-cache" : cacheControl,
+                .eTag: etag,
+            ]
+            if request.headers[.ifNoneMatch] == etag {
+                return Response(status: .notModified, headers: headers)
+            }
+            headers[.contentLength] = "\(data.count)"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        }
+    }
+
+    // MARK: Upload
+
+    private func upload(_ request: Request, context: GatewayContext) async throws -> Response {
+        let recipeName = request.uri.queryParameters["recipe"].map(String.init) ?? RecipeBook.defaultName
+        guard let recipe = self.recipes.recipes[recipeName] else {
+            let known = self.recipes.recipes.keys.sorted().joined(separator: ", ")
+            throw GatewayError.badRequest("There is no recipe named '\(recipeName)'; known recipes: \(known).")
+        }
+        let admitted = self.activeUploads.withLock { count -> Bool in
+            guard count < self.configuration.maxConcurrentUploads else { return false }
+            count += 1
+            return true
+        }
+        guard admitted else { throw GatewayError.overloaded }
+        self.metrics.uploadsInFlight.increment()
+        defer {
+            self.activeUploads.withLock { $0 -= 1 }
+            self.metrics.uploadsInFlight.decrement()
+        }
+
+        let clock = ContinuousClock()
+        let receiving = clock.now
+        let source = try await UploadBody.read(request, limit: self.configuration.maxUploadBytes)
+        self.metrics.stage("receive", clock.now - receiving)
+
+        let manifest = try await self.cancelledIfClientLeaves(context.channel, logger: context.logger) {
+            try await self.coordinator.upload(source, recipe: recipe, requestID: context.requestID, logger: context.logger)
+        }
+        self.metrics.uploadsSucceeded.increment()
+        context.logger.info("upload stored", metadata: ["image_id": "\(manifest.id)", "recipe": "\(recipe.name)", "bytes": "\(source.count)"])
+        return Response(
+            status: .created,
+            headers: [.contentType: "application/json", .location: "/v1/images/\(manifest.id)"],
+            body: .init(byteBuffer: ByteBuffer(bytes: manifest.encoded()))
+        )
+    }
+
+    /// Runs `work`, cancelling it if the client's connection closes first (the upload then
+    /// cleans up after itself like any failed one).
+    private func cancelledIfClientLeaves<T: Sendable>(_ channel: any Channel, logger: Logger, _ work: @escaping @Sendable () async throws -> T) async throws -> T {
+        let (closed, signal) = AsyncStream<Void>.makeStream()
+        channel.closeFuture.whenComplete { _ in signal.finish() }
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await work() }
+            group.addTask {
+                for await _ in closed {}
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let value = first else {
+                self.metrics.uploadsAbandoned.increment()
+                logger.info("client went away; upload cancelled")
+                group.cancelAll()
+                _ = try? await group.next()  // wait for the upload's own cleanup
+                throw CancellationError()
+            }
+            return value
+        }
+    }
+
+    private func imageID(_ context: GatewayContext) throws -> String {
+        let id = context.parameters.get("id") ?? ""
+        guard UploadID.isValid(id) else { throw GatewayError.notFound("No image with id \(id.prefix(64)).") }
+        return id
+    }
+
+    private func storeCall<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as StorageError {
+            self.logger.error("storage failed", metadata: ["error": "\(error.detail)"])
+            throw GatewayError.storageUnavailable
+        }
+    }
+}

@@ -1,0 +1,36 @@
+public import Foundation
+public import PrismClient
+public import PrismStorage
+
+/// Everything a gateway is configured with. Every field has a working default.
+public struct GatewayConfiguration: Sendable {
+    public var host: String = "127.0.0.1"
+    public var port: Int = 8080
+    /// Largest accepted upload body, multipart overhead included.
+    public var maxUploadBytes: Int = 40 << 20
+    /// Time for one upload from the end of its body to its answer: processing, storing,
+    /// manifest. The remaining budget travels in every processor call.
+    public var uploadTimeout: Duration = .seconds(30)
+    /// Uploads processed at once; more get 429 with Retry-After.
+    public var maxConcurrentUploads: Int = 32
+    /// Bearer keys; when not empty every /v1 route requires one.
+    public var apiKeys: [String] = []
+    /// A JSON recipe file (see docs/configuration.md); nil for the built-in default recipe only.
+    public var recipesFile: String? = nil
+    /// Cache-Control for stored images (ids are never reused, so objects never change).
+    public var cacheControl: String = "public, max-age=31536000, immutable"
+    public var storage: Storage = .local(directory: "./data", publicBaseURL: nil)
+    public var processors = ProcessorPoolConfiguration()
+    /// Split an upload's variants over several processors only while that many processors have
+    /// a free worker; under load keep them in one call (one decode).
+    public var splitVariants: Bool = true
+
+    public enum Storage: Sendable {
+        /// Files under `directory`, served by the gateway at /files/. `publicBaseURL` is what
+        /// manifest URLs start with (default: http://host:port/files).
+        case local(directory: String, publicBaseURL: String?)
+        case s3(S3Configuration, createBucket: Bool)
+    }
+
+    public init() {}
+}

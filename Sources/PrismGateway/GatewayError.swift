@@ -1,0 +1,106 @@
+import Foundation
+public import Hummingbird
+import PrismProto
+import PrismWire
+
+/// An API error, answered as RFC 9457 `application/problem+json`.
+///
+/// Every error the gateway answers goes through this type: `detail` is written for the API
+/// client; internal causes are logged, never sent.
+public struct GatewayError: Error, HTTPResponseError, Sendable {
+    public var status: HTTPResponse.Status
+    /// A short, stable identifier, part of the `type` URI: "not-an-image".
+    public var kind: String
+    public var title: String
+    public var detail: String
+    public var retryAfterSeconds: Int?
+    /// The variant concerned, when one is.
+    public var variant: String?
+
+    public init(_ status: HTTPResponse.Status, _ kind: String, _ title: String, detail: String, retryAfter: Int? = nil, variant: String? = nil) {
+        self.status = status
+        self.kind = kind
+        self.title = title
+        self.detail = detail
+        self.retryAfterSeconds = retryAfter
+        self.variant = variant
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var body: [String: Any] = [
+            "type": "https://prism.dev/problems/\(self.kind)",
+            "title": self.title,
+            "status": Int(self.status.code),
+            "detail": self.detail,
+            "instance": request.uri.path,
+        ]
+        if let variant = self.variant { body["variant"] = variant }
+        var headers: HTTPFields = [.contentType: "application/problem+json"]
+        if let retry = self.retryAfterSeconds { headers[.retryAfter] = "\(retry)" }
+        if self.status == .unauthorized { headers[.wwwAuthenticate] = "Bearer realm=\"prism\"" }
+        let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        return Response(status: self.status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    // MARK: The errors the API answers
+
+    static func badRequest(_ detail: String) -> GatewayError {
+        GatewayError(.badRequest, "bad-request", "Malformed request", detail: detail)
+    }
+
+    static let unauthorized = GatewayError(.unauthorized, "unauthorized", "Missing or wrong API key",
+        detail: "Send a valid API key as 'Authorization: Bearer <key>'.")
+
+    static func notFound(_ detail: String) -> GatewayError {
+        GatewayError(.notFound, "not-found", "Not found", detail: detail)
+    }
+
+    static func tooLarge(limit: Int) -> GatewayError {
+        GatewayError(.contentTooLarge, "too-large", "Upload too large",
+            detail: "The upload is larger than this server's limit of \(limit) bytes; send a smaller image.")
+    }
+
+    static func unsupportedMediaType(_ detail: String) -> GatewayError {
+        GatewayError(.unsupportedMediaType, "unsupported-media-type", "Not an accepted image", detail: detail)
+    }
+
+    static let overloaded = GatewayError(.tooManyRequests, "too-many-uploads", "Too many uploads at once",
+        detail: "This gateway is processing as many uploads as it allows; retry shortly.", retryAfter: 1)
+
+    static let noProcessors = GatewayError(.serviceUnavailable, "no-processors", "No image processors available",
+        detail: "No image processor is reachable right now; retry shortly.", retryAfter: 2)
+
+    static let storageUnavailable = GatewayError(.serviceUnavailable, "storage-unavailable", "Storage unavailable",
+        detail: "The image store did not accept the files; nothing was kept. Retry shortly.", retryAfter: 2)
+
+    static let deadline = GatewayError(.gatewayTimeout, "deadline-exceeded", "Processing took too long",
+        detail: "The variants were not ready within this server's time limit; nothing was kept. Retry with a smaller image or a lighter recipe.")
+
+    static let internalError = GatewayError(.internalServerError, "internal", "Internal error",
+        detail: "Something went wrong on our side; nothing was kept. Retry, and report it if it persists.")
+
+    /// The answer for a processor's verdict on one upload.
+    static func from(_ error: PrismRPCError) -> GatewayError {
+        switch (error.code, error.reason) {
+        case (_, .notAnImage):
+            return .unsupportedMediaType(error.message)
+        case (_, .blockedFormat):
+            return .unsupportedMediaType(error.message)
+        case (_, .corruptImage):
+            return GatewayError(.unprocessableContent, "corrupt-image", "Corrupt image", detail: error.message)
+        case (_, .tooManyPixels):
+            return GatewayError(.unprocessableContent, "too-many-pixels", "Image too large", detail: error.message)
+        case (_, .impossibleVariant), (_, .outputTooLarge), (_, .invalidSpec):
+            return GatewayError(.unprocessableContent, "variant-refused", "A variant cannot be made", detail: error.message, variant: error.variant)
+        case (.deadlineExceeded, _):
+            return .deadline
+        case (.resourceExhausted, _):
+            return GatewayError(.serviceUnavailable, "processors-busy", "Image processors are busy",
+                detail: "Every image processor is at capacity; retry shortly.", retryAfter: 1)
+        case (.unavailable, _):
+            return .noProcessors
+        default:
+            return .internalError
+        }
+    }
+}

@@ -1,0 +1,64 @@
+import CoreMetrics
+public import Prometheus
+
+/// The gateway's metrics, on a Prometheus registry the gateway owns (scraped at /metrics).
+final class GatewayMetrics: Sendable {
+    let registry: PrometheusCollectorRegistry
+    let factory: PrometheusMetricsFactory
+    let uploadsInFlight: CoreMetrics.Meter
+    let uploadsSucceeded: CoreMetrics.Counter
+    let uploadsFailedCounter: CoreMetrics.Counter
+    let uploadsAbandoned: CoreMetrics.Counter
+    let bytesStored: CoreMetrics.Counter
+    let variantTimer: CoreMetrics.Timer
+    let storeTimer: CoreMetrics.Timer
+
+    init(registry: PrometheusCollectorRegistry) {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = [
+            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+            .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5),
+            .seconds(10), .seconds(30), .seconds(60),
+        ]
+        self.registry = registry
+        self.factory = factory
+        self.uploadsInFlight = CoreMetrics.Meter(label: "prism_gateway_uploads_in_flight", factory: factory)
+        self.uploadsSucceeded = CoreMetrics.Counter(label: "prism_gateway_uploads_total", dimensions: [("outcome", "ok")], factory: factory)
+        self.uploadsFailedCounter = CoreMetrics.Counter(label: "prism_gateway_uploads_total", dimensions: [("outcome", "failed")], factory: factory)
+        self.uploadsAbandoned = CoreMetrics.Counter(label: "prism_gateway_uploads_cancelled_total", factory: factory)
+        self.bytesStored = CoreMetrics.Counter(label: "prism_gateway_bytes_stored_total", factory: factory)
+        self.variantTimer = CoreMetrics.Timer(label: "prism_gateway_variant_seconds", factory: factory)
+        self.storeTimer = CoreMetrics.Timer(label: "prism_gateway_store_seconds", factory: factory)
+        self.uploadsInFlight.set(0)
+    }
+
+    /// Time spent in one stage of an upload: receive, process, manifest, total.
+    func stage(_ name: String, _ duration: Duration) {
+        CoreMetrics.Timer(label: "prism_gateway_upload_stage_seconds", dimensions: [("stage", name)], factory: self.factory)
+            .recordNanoseconds(nanoseconds(duration))
+    }
+
+    func request(route: String, method: String, status: Int, duration: Duration) {
+        CoreMetrics.Counter(label: "prism_gateway_requests_total", dimensions: [("route", route), ("method", method), ("status", "\(status)")], factory: self.factory).increment()
+        CoreMetrics.Timer(label: "prism_gateway_request_duration_seconds", dimensions: [("route", route), ("method", method)], factory: self.factory)
+            .recordNanoseconds(nanoseconds(duration))
+    }
+
+    func stored(bytes: Int, duration: Duration) {
+        self.bytesStored.increment(by: Int64(bytes))
+        self.storeTimer.recordNanoseconds(nanoseconds(duration))
+    }
+
+    func variant(_ processing: Duration) {
+        self.variantTimer.recordNanoseconds(nanoseconds(processing))
+    }
+
+    func uploadFailed() {
+        self.uploadsFailedCounter.increment()
+    }
+}
+
+func nanoseconds(_ duration: Duration) -> Int64 {
+    let (seconds, attoseconds) = duration.components
+    return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+}

@@ -1,0 +1,118 @@
+public import Foundation
+
+/// What an upload produced: the JSON the API answers and stores as `manifest.json`.
+public struct Manifest: Codable, Sendable, Equatable {
+    public var id: String
+    public var recipe: String
+    public var createdAt: String
+    public var original: Original
+    public var variants: [Variant]
+
+    public struct Original: Codable, Sendable, Equatable {
+        public var key: String
+        public var url: String
+        public var width: Int
+        public var height: Int
+        public var format: String
+        public var bytes: Int
+        public var sha256: String
+    }
+
+    public struct Variant: Codable, Sendable, Equatable {
+        public var name: String
+        public var key: String
+        public var url: String
+        public var width: Int
+        public var height: Int
+        public var format: String
+        public var bytes: Int
+        public var etag: String
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, recipe, createdAt = "created_at", original, variants
+    }
+
+    static func key(id: String) -> String { "images/\(id)/manifest.json" }
+
+    func encoded() -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(self)) ?? Data()
+    }
+
+    /// Every stored key of the upload, manifest last.
+    var keys: [String] {
+        [self.original.key] + self.variants.map(\.key) + [Self.key(id: self.id)]
+    }
+}
+
+/// Server-generated ids: UUIDv7 (RFC 9562), time-ordered so keys list in upload order.
+enum UploadID {
+    static func make() -> String {
+        var bytes = [UInt8](repeating: 0, count: 16)
+        for i in 0..<16 { bytes[i] = UInt8.random(in: 0...255) }
+        let millis = UInt64(Date().timeIntervalSince1970 * 1000)
+        for i in 0..<6 { bytes[i] = UInt8((millis >> (8 * (5 - UInt64(i)))) & 0xFF) }
+        bytes[6] = 0x70 | (bytes[6] & 0x0F)  // version 7
+        bytes[8] = 0x80 | (bytes[8] & 0x3F)  // RFC 4122 variant
+        let hex = bytes.map { String(format: "%02x", $0) }.joined()
+        let parts = [hex.prefix(8), hex.dropFirst(8).prefix(4), hex.dropFirst(12).prefix(4), hex.dropFirst(16).prefix(4), hex.dropFirst(20)]
+        return parts.joined(separator: "-")
+    }
+
+    /// True for the shape `make()` produces; anything else never reaches the store.
+    static func isValid(_ text: String) -> Bool {
+        let pattern = Array("xxxxxxxx-xxxx-7xxx-xxxx-xxxxxxxxxxxx".utf8)
+        let bytes = Array(text.utf8)
+        guard bytes.count == pattern.count else { return false }
+        for (c, p) in zip(bytes, pattern) {
+            switch p {
+            case UInt8(ascii: "x"): guard (0x30...0x39).contains(c) || (0x61...0x66).contains(c) else { return false }
+            default: guard c == p else { return false }
+            }
+        }
+        return true
+    }
+}
+
+/// File extension and media type for the formats Prism writes and reads.
+enum ImageFormat {
+    static func name(_ format: Int) -> String {
+        switch format {
+        case 1: return "jpeg"
+        case 2: return "png"
+        case 3: return "webp"
+        case 4: return "avif"
+        case 5: return "gif"
+        case 6: return "tiff"
+        case 7: return "heic"
+        default: return "unknown"
+        }
+    }
+
+    static func fileExtension(_ name: String) -> String {
+        switch name {
+        case "jpeg": return "jpg"
+        case "unknown": return "bin"
+        default: return name
+        }
+    }
+
+    /// Recognises the source format from its first bytes, to name and type the original.
+    static func sniff(_ data: Data) -> String {
+        let head = [UInt8](data.prefix(32))
+        func at(_ offset: Int, _ magic: String) -> Bool {
+            let m = Array(magic.utf8)
+            return head.count >= offset + m.count && Array(head[offset..<(offset + m.count)]) == m
+        }
+        if head.starts(with: [0xFF, 0xD8, 0xFF]) { return "jpeg" }
+        if head.starts(with: [0x89, 0x50, 0x4E, 0x47]) { return "png" }
+        if at(0, "GIF8") { return "gif" }
+        if at(0, "RIFF"), at(8, "WEBP") { return "webp" }
+        if at(4, "ftypavif") || at(4, "ftypavis") { return "avif" }
+        if at(4, "ftypheic") || at(4, "ftypheix") || at(4, "ftypmif1") || at(4, "ftypmsf1") { return "heic" }
+        if head.starts(with: [0x49, 0x49, 0x2A, 0x00]) || head.starts(with: [0x4D, 0x4D, 0x00, 0x2A]) { return "tiff" }
+        return "unknown"
+    }
+}

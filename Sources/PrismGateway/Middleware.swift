@@ -1,0 +1,101 @@
+import Foundation
+import Hummingbird
+import Logging
+
+/// Gives every request an id (the client's X-Request-Id when it is sane), echoes it in the
+/// answer, puts it on every log line and in every processor call.
+struct RequestIDMiddleware: RouterMiddleware {
+    typealias Context = GatewayContext
+
+    func handle(_ request: Request, context: GatewayContext, next: (Request, GatewayContext) async throws -> Response) async throws -> Response {
+        var context = context
+        let offered = request.headers[.init("X-Request-Id")!] ?? ""
+        let sane = !offered.isEmpty && offered.utf8.count <= 128 && offered.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F }
+        context.requestID = sane ? offered : UUID().uuidString.lowercased()
+        context.logger[metadataKey: "request_id"] = "\(context.requestID)"
+        var response: Response
+        do {
+            response = try await next(request, context)
+        } catch let error as GatewayError {
+            response = try error.response(from: request, context: context)
+        }
+        response.headers[.init("X-Request-Id")!] = context.requestID
+        return response
+    }
+}
+
+/// Turns every error into RFC 9457 problem+json; internal errors are logged, never shown.
+struct ProblemMiddleware: RouterMiddleware {
+    typealias Context = GatewayContext
+    let logger: Logger
+
+    func handle(_ request: Request, context: GatewayContext, next: (Request, GatewayContext) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as GatewayError {
+            throw error
+        } catch let error as HTTPError {
+            switch error.status {
+            case .notFound:
+                throw GatewayError.notFound("No route for \(request.method) \(request.uri.path).")
+            case .methodNotAllowed:
+                throw GatewayError(.methodNotAllowed, "method-not-allowed", "Method not allowed", detail: "\(request.method) is not allowed on \(request.uri.path).")
+            case .badRequest:
+                throw GatewayError.badRequest("The request is malformed.")
+            default:
+                throw GatewayError(error.status, "http-\(error.status.code)", error.status.reasonPhrase, detail: error.status.reasonPhrase)
+            }
+        } catch is CancellationError {
+            throw GatewayError(.init(code: 499, reasonPhrase: "Client Closed Request"), "client-closed", "Client closed the request", detail: "The client went away; nothing was kept.")
+        } catch {
+            context.logger.error("request failed", metadata: ["error": "\(error)"])
+            throw GatewayError.internalError
+        }
+    }
+}
+
+/// Requires `Authorization: Bearer <key>` with one of the configured keys.
+struct APIKeyMiddleware: RouterMiddleware {
+    typealias Context = GatewayContext
+    let keys: [[UInt8]]
+
+    init(keys: [String]) {
+        self.keys = keys.map { Array($0.utf8) }
+    }
+
+    func handle(_ request: Request, context: GatewayContext, next: (Request, GatewayContext) async throws -> Response) async throws -> Response {
+        guard let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") else {
+            throw GatewayError.unauthorized
+        }
+        let offered = Array(header.dropFirst(7).trimmingCharacters(in: .whitespaces).utf8)
+        // Compare against every key without stopping early: timing reveals nothing.
+        var match = false
+        for key in self.keys {
+            var difference = UInt8(key.count == offered.count ? 0 : 1)
+            for i in 0..<max(key.count, offered.count) {
+                difference |= (i < key.count ? key[i] : 0) ^ (i < offered.count ? offered[i] : 0)
+            }
+            match = match || difference == 0
+        }
+        guard match else { throw GatewayError.unauthorized }
+        return try await next(request, context)
+    }
+}
+
+/// Counts requests by route and status and times them.
+struct MetricsMiddleware: RouterMiddleware {
+    typealias Context = GatewayContext
+    let metrics: GatewayMetrics
+
+    func handle(_ request: Request, context: GatewayContext, next: (Request, GatewayContext) async throws -> Response) async throws -> Response {
+        let start = ContinuousClock.now
+        do {
+            let response = try await next(request, context)
+            self.metrics.request(route: context.endpointPath ?? "unmatched", method: request.method.rawValue, status: Int(response.status.code), duration: .now - start)
+            return response
+        } catch let error as GatewayError {
+            self.metrics.request(route: context.endpointPath ?? "unmatched", method: request.method.rawValue, status: Int(error.status.code), duration: .now - start)
+            throw error
+        }
+    }
+}

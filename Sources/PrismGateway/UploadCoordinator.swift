@@ -1,0 +1,189 @@
+import CoreMetrics
+import Foundation
+import Logging
+import PrismClient
+import PrismProto
+import PrismStorage
+import PrismWire
+import Synchronization
+
+/// Turns one upload into stored variants and a manifest, or into nothing at all.
+///
+/// The variants run concurrently (one or several processor calls, see `VariantPlanner`) under
+/// one deadline while the original is stored. Each variant is stored as soon as it arrives.
+/// On the first failure every call still running is cancelled (the processors receive Cancel
+/// frames and stop), everything already written is deleted, and one error is answered. The
+/// manifest is written last: it is the commit point.
+struct UploadCoordinator: Sendable {
+    let pool: ProcessorPool
+    let store: any ObjectStore
+    let configuration: GatewayConfiguration
+    let metrics: GatewayMetrics
+
+    func upload(_ source: Data, recipe: Recipe, requestID: String, logger: Logger) async throws -> Manifest {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let deadline = start + self.configuration.uploadTimeout
+        let id = UploadID.make()
+        let written = WrittenKeys()
+        var logger = logger
+        logger[metadataKey: "image_id"] = "\(id)"
+
+        do {
+            let manifest = try await self.make(source, recipe: recipe, id: id, requestID: requestID, deadline: deadline, written: written, logger: logger)
+            self.metrics.stage("total", clock.now - start)
+            return manifest
+        } catch {
+            // Every task of the upload has ended here (task groups wait for their children), so
+            // no write is still in flight: deleting now leaves the store clean.
+            let keys = written.all
+            if !keys.isEmpty {
+                do {
+                    // A task of its own: the upload's task may be cancelled (client gone), and a
+                    // cancelled task's I/O is refused; the cleanup must happen regardless.
+                    let store = self.store
+                    try await Task { try await store.delete(keys: keys) }.value
+                    logger.info("upload failed; removed what it stored", metadata: ["objects": "\(keys.count)"])
+                } catch {
+                    logger.error("upload failed and its objects could not all be removed", metadata: ["keys": "\(keys)", "error": "\(error)"])
+                }
+            }
+            self.metrics.uploadFailed()
+            throw Self.answer(for: error, logger: logger)
+        }
+    }
+
+    private func make(
+        _ source: Data, recipe: Recipe, id: String, requestID: String,
+        deadline: ContinuousClock.Instant, written: WrittenKeys, logger: Logger
+    ) async throws -> Manifest {
+        let clock = ContinuousClock()
+        let cacheControl = self.configuration.cacheControl
+        let sniffed = ImageFormat.sniff(source)
+        let originalKey = "images/\(id)/original.\(ImageFormat.fileExtension(sniffed))"
+        let groups = VariantPlanner.groups(recipe.variants, loads: self.pool.readyLoads(), split: self.configuration.splitVariants)
+        logger.debug("upload planned", metadata: ["calls": "\(groups.count)", "variants": "\(recipe.variants.count)"])
+
+        enum Part: Sendable {
+            case original(etag: String)
+            case call(ProcessResult, [Int], [Int: String])
+        }
+        let dispatched = clock.now
+        let parts: [Part] = try await withThrowingTaskGroup(of: Part.self) { group in
+            group.addTask {
+                written.add(originalKey)
+                let stored = clock.now
+                let etag = try await self.store.put(key: originalKey, body: source, contentType: contentType(forKey: originalKey), cacheControl: cacheControl)
+                self.metrics.stored(bytes: source.count, duration: clock.now - stored)
+                return .original(etag: etag)
+            }
+            for members in groups {
+                group.addTask {
+                    let specs = members.map { recipe.variants[$0] }
+                    let etags = Mutex<[Int: String]>([:])
+                    let request = ProcessRequest(source: source, variants: specs, deadline: deadline, requestID: requestID)
+                    let result = try await self.pool.process(request) { variant in
+                        let key = Self.variantKey(id: id, spec: specs[variant.index])
+                        written.add(key)
+                        let stored = clock.now
+                        let etag = try await self.store.put(key: key, body: variant.data, contentType: contentType(forKey: key), cacheControl: cacheControl)
+                        self.metrics.stored(bytes: variant.data.count, duration: clock.now - stored)
+                        self.metrics.variant(variant.processDuration)
+                        etags.withLock { $0[variant.index] = etag }
+                    }
+                    return .call(result, members, etags.withLock { $0 })
+                }
+            }
+            var parts: [Part] = []
+            // The first failure leaves this loop by throwing; the group then cancels the others.
+            for try await part in group { parts.append(part) }
+            return parts
+        }
+        self.metrics.stage("process", clock.now - dispatched)
+
+        var originalETag = ""
+        var source_info = Prism_V1_SourceInfo()
+        var variants = [Manifest.Variant?](repeating: nil, count: recipe.variants.count)
+        for part in parts {
+            switch part {
+            case .original(let etag):
+                originalETag = etag
+            case .call(let result, let members, let etags):
+                source_info = result.source
+                for variant in result.variants {
+                    let index = members[variant.index]
+                    let spec = recipe.variants[index]
+                    let key = Self.variantKey(id: id, spec: spec)
+                    variants[index] = Manifest.Variant(
+                        name: spec.name, key: key, url: self.store.url(for: key),
+                        width: variant.width, height: variant.height, format: ImageFormat.name(variant.format.rawValue),
+                        bytes: variant.data.count, etag: etags[variant.index] ?? ""
+                    )
+                }
+            }
+        }
+        _ = originalETag
+        let formatName = ImageFormat.name(source_info.format.rawValue)
+        let manifest = Manifest(
+            id: id,
+            recipe: recipe.name,
+            createdAt: ISO8601DateFormatter().string(from: Date()),
+            original: Manifest.Original(
+                key: originalKey, url: self.store.url(for: originalKey),
+                width: Int(source_info.width), height: Int(source_info.height),
+                format: formatName == "unknown" ? sniffed : formatName,
+                bytes: source.count, sha256: Digest.sha256Hex(source)
+            ),
+            variants: variants.compactMap { $0 }
+        )
+        guard manifest.variants.count == recipe.variants.count else {
+            throw GatewayError.internalError
+        }
+        // The commit point: once the manifest exists, the upload exists.
+        let manifestKey = Manifest.key(id: id)
+        written.add(manifestKey)
+        let committing = clock.now
+        _ = try await self.store.put(key: manifestKey, body: manifest.encoded(), contentType: "application/json", cacheControl: "no-cache")
+        self.metrics.stage("manifest", clock.now - committing)
+        return manifest
+    }
+
+    static func variantKey(id: String, spec: Prism_V1_VariantSpec) -> String {
+        let format = ImageFormat.name(spec.output.format.rawValue)
+        return "images/\(id)/\(spec.name).\(ImageFormat.fileExtension(format))"
+    }
+
+    /// The one answer for a failed upload.
+    static func answer(for error: any Error, logger: Logger) -> any Error {
+        switch error {
+        case let error as GatewayError:
+            return error
+        case let error as PrismRPCError:
+            if error.code == .internal || error.code == .unknown {
+                logger.error("processor failed", metadata: ["error": "\(error)"])
+            }
+            return GatewayError.from(error)
+        case let error as StorageError:
+            logger.error("storage failed", metadata: ["error": "\(error.detail)"])
+            return GatewayError.storageUnavailable
+        case is CancellationError:
+            return CancellationError()
+        default:
+            logger.error("upload failed", metadata: ["error": "\(error)"])
+            return GatewayError.internalError
+        }
+    }
+}
+
+/// The keys an upload has started writing, to delete them all if it fails.
+final class WrittenKeys: Sendable {
+    private let keys = Mutex<[String]>([])
+
+    func add(_ key: String) {
+        self.keys.withLock { $0.append(key) }
+    }
+
+    var all: [String] {
+        self.keys.withLock { $0 }
+    }
+}

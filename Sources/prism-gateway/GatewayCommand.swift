@@ -1,0 +1,190 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PrismClient
+import PrismGateway
+import PrismRuntime
+import PrismStorage
+import ServiceLifecycle
+import UnixSignals
+
+@main
+struct GatewayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prism-gateway",
+        abstract: "Prism's HTTP API: one upload in, every variant made on the processors, stored, one manifest out.",
+        discussion: """
+            Every option can also be set through the environment variable named in its help; a \
+            flag wins over the variable. S3 credentials come from the standard AWS_ACCESS_KEY_ID, \
+            AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN variables. SIGTERM or SIGINT stops \
+            accepting connections, lets uploads in flight finish (up to --drain-timeout), then exits.
+            """
+    )
+
+    @Option(help: "Address to listen on. (env PRISM_GATEWAY_HOST; default 127.0.0.1)")
+    var host: String?
+
+    @Option(help: "Port to listen on; 0 picks a free one. (env PRISM_GATEWAY_PORT; default 8080)")
+    var port: Int?
+
+    @Option(help: "Processors as host:port, comma-separated. (env PRISM_PROCESSORS)")
+    var processors: String?
+
+    @Option(help: "DNS names of processors as name:port, comma-separated, re-resolved periodically; every address is a processor. (env PRISM_PROCESSOR_DNS)")
+    var processorDns: String?
+
+    @Option(help: "How often the DNS names are re-resolved. (env PRISM_PROCESSOR_DNS_REFRESH; default 5s)")
+    var dnsRefresh: DurationSetting?
+
+    @Option(help: "Token the processors require in their handshake. (env PRISM_AUTH_TOKEN; default none)")
+    var processorToken: String?
+
+    @Option(help: "API keys clients must send as 'Authorization: Bearer <key>', comma-separated; none means open. (env PRISM_API_KEYS)")
+    var apiKeys: String?
+
+    @Option(help: "Largest upload body, e.g. 40m. (env PRISM_MAX_UPLOAD_SIZE; default 40m)")
+    var maxUploadSize: ByteSizeSetting?
+
+    @Option(help: "Time from a received upload to its answer. (env PRISM_UPLOAD_TIMEOUT; default 30s)")
+    var uploadTimeout: DurationSetting?
+
+    @Option(help: "Uploads processed at once; more are answered 429. (env PRISM_MAX_CONCURRENT_UPLOADS; default 32)")
+    var maxConcurrentUploads: Int?
+
+    @Option(help: "JSON file of recipes (docs/configuration.md); the built-in 'default' recipe is always there. (env PRISM_RECIPES)")
+    var recipes: String?
+
+    @Option(help: "Where images go: local or s3. (env PRISM_STORAGE; default local)")
+    var storage: String?
+
+    @Option(help: "Directory for local storage. (env PRISM_DATA_DIR; default ./data)")
+    var dataDir: String?
+
+    @Option(help: "What manifest URLs start with, e.g. https://cdn.example.com. (env PRISM_PUBLIC_BASE_URL; default: the gateway's /files for local, the S3 URL for s3)")
+    var publicBaseUrl: String?
+
+    @Option(help: "S3 endpoint URL, e.g. https://s3.eu-west-1.amazonaws.com. (env PRISM_S3_ENDPOINT)")
+    var s3Endpoint: String?
+
+    @Option(help: "S3 region. (env PRISM_S3_REGION or AWS_REGION; default us-east-1)")
+    var s3Region: String?
+
+    @Option(help: "S3 bucket. (env PRISM_S3_BUCKET)")
+    var s3Bucket: String?
+
+    @Option(help: "Prefix for every key in the bucket, e.g. prism/. (env PRISM_S3_PREFIX; default none)")
+    var s3Prefix: String?
+
+    @Flag(help: "Address the bucket as bucket.endpoint (virtual-hosted style) instead of endpoint/bucket. (env PRISM_S3_VIRTUAL_HOSTED=true)")
+    var s3VirtualHosted = false
+
+    @Flag(help: "Create the bucket at start if it does not exist. (env PRISM_S3_CREATE_BUCKET=true)")
+    var s3CreateBucket = false
+
+    @Option(help: "Cache-Control of stored images. (env PRISM_CACHE_CONTROL; default 'public, max-age=31536000, immutable')")
+    var cacheControl: String?
+
+    @Flag(help: "Never split one upload's variants over several processors. (env PRISM_NO_SPLIT=true)")
+    var noSplit = false
+
+    @Option(help: "Largest frame accepted from a processor (one encoded variant). (env PRISM_MAX_FRAME_SIZE; default 64m)")
+    var maxFrameSize: ByteSizeSetting?
+
+    @Option(help: "On shutdown, time uploads in flight get to finish. (env PRISM_DRAIN_TIMEOUT; default 30s)")
+    var drainTimeout: DurationSetting?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error. (env PRISM_LOG_LEVEL; default info)")
+    var logLevel: Logger.Level?
+
+    @Option(help: "Log format: logfmt or json. (env PRISM_LOG_FORMAT; default logfmt)")
+    var logFormat: LogFormat?
+
+    func run() async throws {
+        let settings = Settings()
+        let environment = ProcessInfo.processInfo.environment
+        var config = GatewayConfiguration()
+        config.host = try settings.value(self.host, env: "PRISM_GATEWAY_HOST", default: config.host)
+        config.port = try settings.value(self.port, env: "PRISM_GATEWAY_PORT", default: config.port)
+        try Settings.check(config.port, in: 0...65535, "--port (PRISM_GATEWAY_PORT)")
+
+        let statics = try settings.optional(self.processors, env: "PRISM_PROCESSORS") ?? ""
+        let names = try settings.optional(self.processorDns, env: "PRISM_PROCESSOR_DNS") ?? ""
+        config.processors.endpoints = try Self.endpoints(statics, "--processors (PRISM_PROCESSORS)")
+        config.processors.dnsNames = try Self.endpoints(names, "--processor-dns (PRISM_PROCESSOR_DNS)")
+        guard !config.processors.endpoints.isEmpty || !config.processors.dnsNames.isEmpty else {
+            throw ValidationError("Name the processors with --processors host:port[,host:port] or --processor-dns name:port (PRISM_PROCESSORS / PRISM_PROCESSOR_DNS).")
+        }
+        config.processors.resolveInterval = try settings.value(self.dnsRefresh, env: "PRISM_PROCESSOR_DNS_REFRESH", default: DurationSetting(.seconds(5))).duration
+        try Settings.check(config.processors.resolveInterval, in: .milliseconds(100)...(.seconds(3600)), "--dns-refresh (PRISM_PROCESSOR_DNS_REFRESH)")
+        config.processors.client.authToken = try settings.optional(self.processorToken, env: "PRISM_AUTH_TOKEN")
+        config.processors.client.agent = "prism-gateway/1"
+        config.processors.client.maxFrameSize = try settings.value(self.maxFrameSize, env: "PRISM_MAX_FRAME_SIZE", default: ByteSizeSetting(64 << 20)).bytes
+        try Settings.check(config.processors.client.maxFrameSize, in: 65_536...(1 << 30), "--max-frame-size (PRISM_MAX_FRAME_SIZE)")
+
+        config.apiKeys = (try settings.optional(self.apiKeys, env: "PRISM_API_KEYS") ?? "")
+            .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        config.maxUploadBytes = try settings.value(self.maxUploadSize, env: "PRISM_MAX_UPLOAD_SIZE", default: ByteSizeSetting(config.maxUploadBytes)).bytes
+        try Settings.check(config.maxUploadBytes, in: 1024...(1 << 30), "--max-upload-size (PRISM_MAX_UPLOAD_SIZE)")
+        config.uploadTimeout = try settings.value(self.uploadTimeout, env: "PRISM_UPLOAD_TIMEOUT", default: DurationSetting(config.uploadTimeout)).duration
+        try Settings.check(config.uploadTimeout, in: .milliseconds(100)...(.seconds(600)), "--upload-timeout (PRISM_UPLOAD_TIMEOUT)")
+        config.maxConcurrentUploads = try settings.value(self.maxConcurrentUploads, env: "PRISM_MAX_CONCURRENT_UPLOADS", default: config.maxConcurrentUploads)
+        try Settings.check(config.maxConcurrentUploads, in: 1...10_000, "--max-concurrent-uploads (PRISM_MAX_CONCURRENT_UPLOADS)")
+        config.recipesFile = try settings.optional(self.recipes, env: "PRISM_RECIPES")
+        config.cacheControl = try settings.value(self.cacheControl, env: "PRISM_CACHE_CONTROL", default: config.cacheControl)
+        config.splitVariants = try !settings.flag(self.noSplit, env: "PRISM_NO_SPLIT")
+
+        let publicBase = try settings.optional(self.publicBaseUrl, env: "PRISM_PUBLIC_BASE_URL")
+        switch try settings.value(self.storage, env: "PRISM_STORAGE", default: "local").lowercased() {
+        case "local":
+            let directory = try settings.value(self.dataDir, env: "PRISM_DATA_DIR", default: "./data")
+            config.storage = .local(directory: directory, publicBaseURL: publicBase)
+        case "s3":
+            guard let endpoint = try settings.optional(self.s3Endpoint, env: "PRISM_S3_ENDPOINT") else {
+                throw ValidationError("S3 storage needs --s3-endpoint (PRISM_S3_ENDPOINT).")
+            }
+            guard URL(string: endpoint)?.host != nil else {
+                throw ValidationError("--s3-endpoint (PRISM_S3_ENDPOINT) must be a URL such as https://s3.amazonaws.com; got \(endpoint).")
+            }
+            guard let bucket = try settings.optional(self.s3Bucket, env: "PRISM_S3_BUCKET") else {
+                throw ValidationError("S3 storage needs --s3-bucket (PRISM_S3_BUCKET).")
+            }
+            guard let (key, secret, token) = S3Configuration.credentialsFromEnvironment(environment) else {
+                throw ValidationError("S3 storage needs credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.")
+            }
+            var s3 = S3Configuration(endpoint: endpoint, bucket: bucket, accessKeyID: key, secretAccessKey: secret)
+            s3.sessionToken = token
+            s3.region = try settings.value(self.s3Region, env: "PRISM_S3_REGION", default: environment["AWS_REGION"] ?? "us-east-1")
+            s3.keyPrefix = try settings.value(self.s3Prefix, env: "PRISM_S3_PREFIX", default: "")
+            s3.pathStyle = try !settings.flag(self.s3VirtualHosted, env: "PRISM_S3_VIRTUAL_HOSTED")
+            s3.publicBaseURL = publicBase
+            config.storage = .s3(s3, createBucket: try settings.flag(self.s3CreateBucket, env: "PRISM_S3_CREATE_BUCKET"))
+        case let other:
+            throw ValidationError("--storage (PRISM_STORAGE) must be local or s3; got \(other).")
+        }
+        let drain = try settings.value(self.drainTimeout, env: "PRISM_DRAIN_TIMEOUT", default: DurationSetting(.seconds(30))).duration
+        let level = try settings.value(self.logLevel, env: "PRISM_LOG_LEVEL", default: .info)
+        let format = try settings.value(self.logFormat, env: "PRISM_LOG_FORMAT", default: .logfmt)
+
+        LogSetup.bootstrap(format: format, level: level)
+        let logger = Logger(label: "prism.gateway")
+        let gateway: Gateway
+        do {
+            gateway = try Gateway(configuration: config, logger: logger)
+        } catch let error as RecipeError {
+            throw ValidationError("Recipes: \(error.description)")
+        }
+        var groupConfig = ServiceGroupConfiguration(services: gateway.services(), logger: logger)
+        groupConfig.gracefulShutdownSignals = [.sigterm, .sigint]
+        groupConfig.maximumGracefulShutdownDuration = drain
+        try await ServiceGroup(configuration: groupConfig).run()
+    }
+
+    static func endpoints(_ list: String, _ what: String) throws -> [ProcessorPoolConfiguration.Endpoint] {
+        try list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.map { item in
+            guard let endpoint = ProcessorPoolConfiguration.Endpoint(item) else {
+                throw ValidationError("\(what): '\(item)' is not host:port.")
+            }
+            return endpoint
+        }
+    }
+}

@@ -1,0 +1,315 @@
+"""prism-gateway end to end: real HTTP clients, real processor processes, local disk and S3."""
+import hashlib
+import io
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import pyvips
+import requests
+
+from conftest import REPO, edge, metric_value, photo, wait_until
+
+RECIPES = str(Path(__file__).parent / "recipes_for_tests.json")
+DEFAULT_NAMES = {"thumb", "small", "medium", "large", "blur"}
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif", "gif": "gif"}
+
+
+def check_object(data, entry):
+    """The bytes decode, and have the manifest's size and format."""
+    image = pyvips.Image.new_from_buffer(data, "")
+    image.avg()
+    assert (image.width, image.height) == (entry["width"], entry["height"]), entry["name"] if "name" in entry else entry
+    loader = image.get("vips-loader")
+    fmt = entry["format"]
+    assert loader.startswith({"jpeg": "jpeg", "png": "png", "webp": "webp", "avif": "heif", "gif": "gif"}[fmt])
+    assert len(data) == entry["bytes"]
+
+
+def processors_metric(processors, name, labels=None):
+    return sum(metric_value(p.metrics(), name, labels) for p in processors)
+
+
+@pytest.fixture
+def stack(services):
+    """Two processors and a gateway on the local store, with the test recipes."""
+    processors = [services.processor(), services.processor()]
+    gateway = services.gateway(processors, "--recipes", RECIPES)
+    gateway.wait_processors(2)
+    return gateway, processors
+
+
+def test_upload_makes_every_variant_and_stores_it_on_local_disk(stack):
+    gateway, processors = stack
+    source = photo("Garden.jpg")
+    response = gateway.upload(source)
+    assert response.status_code == 201, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    manifest = response.json()
+    assert response.headers["Location"] == f"/v1/images/{manifest['id']}"
+    assert manifest["recipe"] == "default"
+    assert manifest["id"][14] == "7", "a UUIDv7"
+    original = manifest["original"]
+    assert (original["width"], original["height"], original["format"]) == (2560, 1600, "jpeg")
+    assert original["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert {v["name"] for v in manifest["variants"]} == DEFAULT_NAMES
+    sizes = {v["name"]: (v["width"], v["height"]) for v in manifest["variants"]}
+    assert sizes == {"thumb": (200, 200), "small": (640, 400), "medium": (1280, 800), "large": (2048, 1280), "blur": (640, 400)}
+    for entry in manifest["variants"]:
+        assert entry["key"] == f"images/{manifest['id']}/{entry['name']}.{EXTENSIONS[entry['format']]}"
+        fetched = requests.get(entry["url"], timeout=10)
+        assert fetched.status_code == 200
+        assert fetched.headers["Content-Type"] == f"image/{entry['format']}"
+        assert "immutable" in fetched.headers["Cache-Control"]
+        check_object(fetched.content, entry)
+        assert (gateway.data_dir / entry["key"]).read_bytes() == fetched.content
+    assert requests.get(original["url"], timeout=10).content == source.read_bytes()
+
+    # The manifest is stored too, and GET returns it.
+    got = requests.get(f"{gateway.url}/v1/images/{manifest['id']}", timeout=10)
+    assert got.status_code == 200 and got.json() == manifest
+    # Both processors took part: the variants were split over them.
+    assert all(p.metric("prism_processor_calls_succeeded_total") >= 1 for p in processors)
+
+    # DELETE removes everything.
+    deleted = requests.delete(f"{gateway.url}/v1/images/{manifest['id']}", timeout=10)
+    assert deleted.status_code == 204
+    assert requests.get(f"{gateway.url}/v1/images/{manifest['id']}", timeout=10).status_code == 404
+    assert requests.get(manifest["variants"][0]["url"], timeout=10).status_code == 404
+    assert gateway.stored_files() == []
+
+
+def test_raw_body_upload_with_curl_and_recipes_listing(stack):
+    gateway, _ = stack
+    result = subprocess.run(["curl", "-s", "-w", "\\n%{http_code}", "-H", "Content-Type: image/webp",
+                             "--data-binary", f"@{edge('photo.webp')}", f"{gateway.url}/v1/images?recipe=default"],
+                            capture_output=True, text=True, timeout=60)
+    body, _, status = result.stdout.rpartition("\n")
+    assert status == "201", body
+    import json
+    manifest = json.loads(body)
+    assert manifest["original"]["format"] == "webp"
+    assert manifest["original"]["key"].endswith("/original.webp")
+    recipes = requests.get(f"{gateway.url}/v1/recipes", timeout=5).json()["recipes"]
+    by_name = {r["name"]: r for r in recipes}
+    assert {"default", "slow", "doomed", "pair"} <= set(by_name)
+    thumb = by_name["default"]["variants"][0]
+    assert thumb["name"] == "thumb" and thumb["output"]["format"] == "JPEG"
+
+
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_a_failing_variant_cancels_the_slow_one_and_leaves_nothing(services, seaweed, storage):
+    processors = [services.processor(), services.processor()]
+    flags = ["--recipes", RECIPES]
+    env = None
+    bucket = f"doomed-{storage}"
+    if storage == "s3":
+        flags += ["--storage", "s3", "--s3-endpoint", seaweed.endpoint, "--s3-bucket", bucket, "--s3-create-bucket"]
+        env = seaweed.gateway_env()
+    gateway = services.gateway(processors, *flags, env=env)
+    gateway.wait_processors(2)
+    source = edge("large-19mp.jpg")
+
+    start = time.monotonic()
+    slow = gateway.upload(source, recipe="slow")
+    full = time.monotonic() - start
+    assert slow.status_code == 201, slow.text
+    slow_id = slow.json()["id"]
+
+    start = time.monotonic()
+    doomed = gateway.upload(source, recipe="doomed")
+    failed_after = time.monotonic() - start
+    assert doomed.status_code == 422, doomed.text
+    problem = doomed.json()
+    assert doomed.headers["Content-Type"] == "application/problem+json"
+    assert problem["status"] == 422 and problem["variant"] == "bad"
+    assert "outside" in problem["detail"]
+    assert failed_after < full / 3, f"the error took {failed_after:.2f}s; the slow variant alone takes {full:.2f}s"
+
+    # The processor working on the slow variant was told to stop, and did.
+    wait_until(lambda: processors_metric(processors, "prism_processor_jobs_running") == 0, 10, message="jobs to stop")
+    assert processors_metric(processors, "prism_processor_calls_cancelled_total") == 1
+    cancelled_work = processors_metric(processors, "prism_processor_job_seconds_sum", 'outcome="cancelled"')
+    assert 0 < cancelled_work < full / 3
+
+    # Nothing of the failed upload is stored: only the earlier successful upload remains.
+    if storage == "local":
+        remaining = gateway.stored_files()
+    else:
+        remaining = seaweed.keys(bucket)
+    assert remaining and all(key.startswith(f"images/{slow_id}/") for key in remaining), remaining
+
+
+def test_s3_store_objects_are_listed_fetched_and_deleted_through_the_s3_api(services, seaweed):
+    processors = [services.processor(), services.processor()]
+    gateway = services.gateway(processors, "--storage", "s3", "--s3-endpoint", seaweed.endpoint,
+                               "--s3-bucket", "prism-e2e", "--s3-prefix", "tenant1/", "--s3-create-bucket",
+                               "--public-base-url", "https://cdn.example.com", env=seaweed.gateway_env())
+    gateway.wait_processors(2)
+    response = gateway.upload(photo("Wood.jpg"))
+    assert response.status_code == 201, response.text
+    manifest = response.json()
+    image_id = manifest["id"]
+    s3 = seaweed.client()
+    keys = seaweed.keys("prism-e2e", f"tenant1/images/{image_id}/")
+    expected = {f"tenant1/{v['key']}" for v in manifest["variants"]} | {f"tenant1/{manifest['original']['key']}",
+                                                                         f"tenant1/images/{image_id}/manifest.json"}
+    assert set(keys) == expected
+    for entry in manifest["variants"]:
+        assert entry["url"] == f"https://cdn.example.com/tenant1/{entry['key']}"
+        obj = s3.get_object(Bucket="prism-e2e", Key=f"tenant1/{entry['key']}")
+        assert obj["ContentType"] == f"image/{entry['format']}"
+        assert obj["CacheControl"] == "public, max-age=31536000, immutable"
+        assert obj["ETag"] == entry["etag"]
+        check_object(obj["Body"].read(), entry)
+    original = s3.get_object(Bucket="prism-e2e", Key=f"tenant1/{manifest['original']['key']}")
+    assert original["ContentType"] == "image/jpeg"
+    assert original["Body"].read() == photo("Wood.jpg").read_bytes()
+
+    assert requests.get(f"{gateway.url}/v1/images/{image_id}", timeout=10).json() == manifest
+    assert requests.delete(f"{gateway.url}/v1/images/{image_id}", timeout=10).status_code == 204
+    assert seaweed.keys("prism-e2e", f"tenant1/images/{image_id}/") == []
+    assert requests.get(f"{gateway.url}/v1/images/{image_id}", timeout=10).status_code == 404
+
+
+def test_a_processor_killed_mid_upload_has_its_call_retried(services):
+    processors = [services.processor("--workers", "1"), services.processor("--workers", "1")]
+    gateway = services.gateway(processors, "--recipes", RECIPES)
+    gateway.wait_processors(2)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=gateway.upload(edge("large-19mp.jpg"), recipe="pair")))
+    thread.start()
+    wait_until(lambda: all(p.metric("prism_processor_jobs_running") == 1 for p in processors), message="both processors busy")
+    victim = processors[0]
+    victim.signal(signal.SIGKILL)
+    thread.join(60)
+    response = result["r"]
+    assert response.status_code == 201, response.text
+    assert {v["name"] for v in response.json()["variants"]} == {"a", "b"}
+    assert metric_value(gateway.metrics(), "prism_gateway_call_retries_total") == 1
+    assert processors[1].metric("prism_processor_calls_succeeded_total") == 2
+
+
+def test_with_every_processor_down_uploads_get_503_with_retry_after_quickly(services):
+    processors = [services.processor(), services.processor()]
+    gateway = services.gateway(processors)
+    gateway.wait_processors(2)
+    for p in processors:
+        p.signal(signal.SIGKILL)
+        p.proc.wait(10)
+    wait_until(lambda: requests.get(gateway.url + "/readyz", timeout=2).status_code == 503, message="readyz to say not ready")
+    start = time.monotonic()
+    response = gateway.upload(photo("Dune.jpg"))
+    elapsed = time.monotonic() - start
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert elapsed < 5, f"took {elapsed:.1f}s"
+    assert gateway.stored_files() == []
+
+
+@pytest.fixture
+def keyed_stack(services):
+    processors = [services.processor()]
+    gateway = services.gateway(processors, "--max-upload-size", "1m", env={"PRISM_API_KEYS": "k1,k2"})
+    gateway.wait_processors(1)
+    return gateway
+
+
+AUTH = {"Authorization": "Bearer k2"}
+
+
+@pytest.mark.parametrize("name,status,kind", [
+    ("not-an-image.txt", 415, "unsupported-media-type"),
+    ("drawing.svg", 415, "unsupported-media-type"),
+    ("bomb-30000.png", 422, "too-many-pixels"),
+    ("truncated.jpg", 422, "corrupt-image"),
+])
+def test_bad_images_get_clear_problems(keyed_stack, name, status, kind):
+    response = keyed_stack.upload(edge(name), headers=AUTH)
+    assert response.status_code == status, response.text
+    problem = response.json()
+    assert problem["type"].endswith("/" + kind)
+    assert problem["status"] == status and problem["detail"]
+    assert "/" not in problem["detail"].replace("JPEG/", "").replace("and/or", ""), problem["detail"]
+    assert keyed_stack.stored_files() == []
+
+
+def test_body_over_the_limit_is_413(keyed_stack):
+    big = io.BytesIO(b"\xff\xd8\xff" + b"\0" * (2 << 20))
+    response = requests.post(keyed_stack.url + "/v1/images", files={"file": ("big.jpg", big)}, headers=AUTH, timeout=30)
+    assert response.status_code == 413
+    assert response.json()["type"].endswith("/too-large")
+    # Without Content-Length (chunked), the limit still holds.
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 65536
+    response = requests.post(keyed_stack.url + "/v1/images", data=chunks(), headers={**AUTH, "Content-Type": "image/jpeg"}, timeout=30)
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize("body,content_type,detail", [
+    (b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n\xff\xd8\xff\xe0 partial", "multipart/form-data; boundary=xyz", "closing boundary"),
+    (b"--xyz\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nhello\r\n--xyz--\r\n", "multipart/form-data; boundary=xyz", "'file'"),
+    (b"--xyz\r\nbroken header without colon\r\n\r\nx\r\n--xyz--\r\n", "multipart/form-data; boundary=xyz", "malformed"),
+    (b"anything", "multipart/form-data", "boundary"),
+])
+def test_broken_multipart_is_400(keyed_stack, body, content_type, detail):
+    response = requests.post(keyed_stack.url + "/v1/images", data=body, headers={**AUTH, "Content-Type": content_type}, timeout=10)
+    assert response.status_code == 400, response.text
+    assert detail in response.json()["detail"]
+
+
+def test_api_keys_are_required_when_configured(keyed_stack):
+    missing = keyed_stack.upload(photo("Dune.jpg"))
+    assert missing.status_code == 401
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = keyed_stack.upload(photo("Dune.jpg"), headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert requests.get(keyed_stack.url + "/v1/recipes", timeout=5).status_code == 401
+    ok = keyed_stack.upload(photo("Dune.jpg"), headers={"Authorization": "Bearer k1"})
+    assert ok.status_code == 201, ok.text
+    # Operational routes stay open.
+    assert requests.get(keyed_stack.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_unknown_recipe_and_unknown_image_are_clear(stack):
+    gateway, _ = stack
+    response = gateway.upload(photo("Dune.jpg"), recipe="nope")
+    assert response.status_code == 400 and "known recipes" in response.json()["detail"]
+    assert requests.get(gateway.url + "/v1/images/not-an-id", timeout=5).status_code == 404
+    assert requests.get(gateway.url + "/v1/images/01234567-89ab-7def-8123-456789abcdef", timeout=5).status_code == 404
+    assert requests.get(gateway.url + "/nowhere", timeout=5).json()["status"] == 404
+
+
+def test_a_client_that_disconnects_leaves_no_work_running_and_nothing_stored(services):
+    processors = [services.processor(), services.processor()]
+    gateway = services.gateway(processors, "--recipes", RECIPES)
+    gateway.wait_processors(2)
+    data = edge("large-19mp.jpg").read_bytes()
+    head = (f"POST /v1/images?recipe=slow HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode()
+
+    # 1. Gone while sending the body: no processor call is ever made.
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(head + data[: len(data) // 2])
+    time.sleep(0.5)
+    assert processors_metric(processors, "prism_processor_calls_started_total") == 0
+
+    # 2. Gone while the variants are being made: the processors stop, nothing stays stored.
+    s = socket.create_connection(("127.0.0.1", gateway.port))
+    s.sendall(head + data)
+    wait_until(lambda: processors_metric(processors, "prism_processor_jobs_running") == 1, message="the slow job to start")
+    time.sleep(0.3)
+    s.close()
+    start = time.monotonic()
+    wait_until(lambda: processors_metric(processors, "prism_processor_jobs_running") == 0, 10, message="the job to stop")
+    stopped_after = time.monotonic() - start
+    assert stopped_after < 2, f"work went on for {stopped_after:.1f}s after the client left"
+    assert processors_metric(processors, "prism_processor_calls_cancelled_total") == 1
+    wait_until(lambda: metric_value(gateway.metrics(), "prism_gateway_uploads_cancelled_total") == 1, 5, message="the gateway to count it")
+    wait_until(lambda: gateway.stored_files() == [], 5, message="the store to be clean")
