@@ -218,5 +218,31 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .testTarget(
+            name: "PrismRuntimeTests",
+            dependencies: [
+                "PrismRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "PrismGatewayTests",
+            dependencies: [
+                "PrismGateway",
+                "PrismClient",
+                "PrismProto",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "PrismClientTests",
+            dependencies: ["PrismClient"],
+            swiftSettings: swiftSettings
+        ),
     ]
 )

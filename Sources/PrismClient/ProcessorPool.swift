@@ -59,6 +59,12 @@ public struct ProcessorLoad: Sendable {
     public var inFlight: Int
     /// Images it works on at once (from its Hello).
     public var workers: Int
+
+    public init(address: String, inFlight: Int, workers: Int) {
+        self.address = address
+        self.inFlight = inFlight
+        self.workers = workers
+    }
 }
 
 /// Connections to every processor, kept up, and the choice of processor for each call.

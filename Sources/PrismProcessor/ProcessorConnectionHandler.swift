@@ -220,22 +220,25 @@ final class ProcessorConnectionHandler: Sendable {
         self.server.pool.submit {
             let queued = clock.now - queuedAt
             let jobStart = clock.now
+            let ending: CallEvent
             let outcome: String
             do throws(ImagingError) {
                 let summary = try job.run(cancellation: cancellation) { events.yield(.variant($0)) }
-                events.yield(.done(summary, queued: queued))
+                ending = .done(summary, queued: queued)
                 outcome = "ok"
             } catch {
-                events.yield(.failed(error))
+                ending = .failed(error)
                 switch error.code {
                 case .cancelled: outcome = "cancelled"
                 case .deadlineExceeded: outcome = "deadline"
                 default: outcome = "error"
                 }
             }
+            // Metrics first: whoever sees the answer also sees the job counted.
             metrics.queueWait.record(duration: queued)
             metrics.jobFinished(outcome: outcome, duration: clock.now - jobStart)
             if cancellation.killedComputation { metrics.jobsKilled.increment() }
+            events.yield(ending)
             events.finish()
         }
         // Answer at the deadline even if the job is still queued or in an encoder that cannot
@@ -246,6 +249,7 @@ final class ProcessorConnectionHandler: Sendable {
         defer { timer.cancel() }
 
         var ending: (code: Prism_V1_Code, reason: Prism_V1_Reason) = (.ok, .unspecified)
+        var last: Prism_V1_Frame? = nil
         await withTaskCancellationHandler {
             loop: for await event in admitted.events {
                 switch event {
@@ -266,23 +270,23 @@ final class ProcessorConnectionHandler: Sendable {
                     complete.decodeUs = micros(summary.decodeDuration)
                     complete.queueUs = micros(queued)
                     complete.totalUs = micros(clock.now - start)
-                    self.send(.complete(callID: callID, complete))
                     metrics.decodeDuration.record(duration: summary.decodeDuration)
+                    last = .complete(callID: callID, complete)
                     break loop
                 case .failed(let error):
                     ending = (error.code, error.reason)
-                    self.send(.error(callID: callID, PrismRPCError(code: error.code, reason: error.reason, message: error.message, variant: error.variant)))
+                    last = .error(callID: callID, PrismRPCError(code: error.code, reason: error.reason, message: error.message, variant: error.variant))
                     if error.code != .cancelled, error.code != .deadlineExceeded {
                         logger.info("call refused", metadata: ["code": "\(error.code.label)", "reason": "\(error.reason.label)", "detail": "\(error.detail ?? "")"])
                     }
                     break loop
                 case .timedOut:
                     ending = (.deadlineExceeded, .unspecified)
-                    self.send(.error(callID: callID, PrismRPCError(code: .deadlineExceeded, message: "The call's deadline passed before its variants were finished.")))
+                    last = .error(callID: callID, PrismRPCError(code: .deadlineExceeded, message: "The call's deadline passed before its variants were finished."))
                     break loop
                 case .cancelledByPeer:
                     ending = (.cancelled, .unspecified)
-                    self.send(.error(callID: callID, PrismRPCError(code: .cancelled, message: "The call was cancelled by the client.")))
+                    last = .error(callID: callID, PrismRPCError(code: .cancelled, message: "The call was cancelled by the client."))
                     break loop
                 }
             }
@@ -291,6 +295,7 @@ final class ProcessorConnectionHandler: Sendable {
             events.yield(.cancelledByPeer)
         }
 
+        // Count the call before its last frame goes out: whoever sees the answer sees the count.
         let duration = clock.now - start
         metrics.callDuration.record(duration: duration)
         switch ending.code {
@@ -298,6 +303,7 @@ final class ProcessorConnectionHandler: Sendable {
         case .cancelled: metrics.callsCancelled.increment()
         default: metrics.callFailed(code: ending.code, reason: ending.reason)
         }
+        if let last { self.send(last) }
         logger.info("call finished", metadata: [
             "code": "\(ending.code.label)", "variants": "\(request.variants.count)",
             "bytes_in": "\(request.source.count)", "ms": "\(micros(duration) / 1000)",

@@ -83,8 +83,9 @@ public final class ProcessorServer: Service, Sendable {
             "libvips": "\(Vips.version)",
         ])
 
-        try await withThrowingDiscardingTaskGroup { group in
+        try await withThrowingTaskGroup(of: Void.self) { group in
             if let statusPort = config.statusPort {
+                // Stops by itself on graceful shutdown (Hummingbird's application is a Service).
                 group.addTask { try await self.runStatusServer(host: config.statusHost, port: statusPort) }
             }
             group.addTask {
@@ -94,28 +95,42 @@ public final class ProcessorServer: Service, Sendable {
                 self.draining.set(())
                 server.channel.close(promise: nil)
             }
-            try await withThrowingDiscardingTaskGroup { connections in
-                try await server.executeThenClose { inbound in
-                    for try await channel in inbound {
-                        connections.addTask {
-                            self.liveConnections.withLock { $0 += 1 }
-                            defer { self.liveConnections.withLock { $0 -= 1 } }
-                            let connection = ProcessorConnectionHandler(channel: channel, server: self)
-                            await connection.run()
-                        }
+            do {
+                try await self.acceptConnections(server)
+            } catch {
+                group.cancelAll()
+                throw error
+            }
+            if self.draining.current == nil {
+                group.cancelAll()  // the listener stopped for another reason: stop the rest
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    /// Serves each connection in a child task until the listener closes, then gives them the
+    /// drain time to finish before cutting them off.
+    private func acceptConnections(_ server: NIOAsyncChannel<NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>, Never>) async throws {
+        let config = self.configuration
+        try await withThrowingDiscardingTaskGroup { connections in
+            try await server.executeThenClose { inbound in
+                for try await channel in inbound {
+                    connections.addTask {
+                        self.liveConnections.withLock { $0 += 1 }
+                        defer { self.liveConnections.withLock { $0 -= 1 } }
+                        let connection = ProcessorConnectionHandler(channel: channel, server: self)
+                        await connection.run()
                     }
                 }
-                // Accepting has stopped. Give the connections their drain time, then cut them.
-                let limit = ContinuousClock.now + config.drainTimeout
-                while self.liveConnections.withLock({ $0 }) > 0, ContinuousClock.now < limit {
-                    try? await Task.sleep(for: .milliseconds(20))
-                }
-                if self.liveConnections.withLock({ $0 }) > 0 {
-                    self.logger.warning("drain timeout: cancelling calls still running", metadata: ["calls": "\(self.pool.load)"])
-                    connections.cancelAll()
-                }
             }
-            group.cancelAll()  // the status server and the shutdown watcher
+            let limit = ContinuousClock.now + config.drainTimeout
+            while self.liveConnections.withLock({ $0 }) > 0, ContinuousClock.now < limit {
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            if self.liveConnections.withLock({ $0 }) > 0 {
+                self.logger.warning("drain timeout: cancelling calls still running", metadata: ["calls": "\(self.pool.load)"])
+                connections.cancelAll()
+            }
         }
     }
 

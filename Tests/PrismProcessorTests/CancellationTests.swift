@@ -29,7 +29,9 @@ struct ProcessorCancellationTests {
                 call.cancel()
                 let outcome = await call.result
                 #expect(throws: CancellationError.self) { try outcome.get() }
-                metrics = try await fixture.waitForMetrics { metricValue($0, "prism_processor_jobs_running") == 0 }
+                metrics = try await fixture.waitForMetrics {
+                    metricValue($0, "prism_processor_jobs_running") == 0 && metricValue($0, "prism_processor_calls_cancelled_total") == 1
+                }
                 let cancelled = metricValue(metrics, "prism_processor_job_seconds_sum", labels: #"outcome="cancelled""#)
                 #expect(cancelled > 0)
                 #expect(cancelled < full / 3, "the cancelled job ran \(cancelled) s; a full run takes \(full) s")
@@ -44,7 +46,9 @@ struct ProcessorCancellationTests {
                     #expect(error.code == .deadlineExceeded)
                     #expect(!error.isRetryable)
                 }
-                metrics = try await fixture.waitForMetrics { metricValue($0, "prism_processor_jobs_running") == 0 }
+                metrics = try await fixture.waitForMetrics {
+                    metricValue($0, "prism_processor_jobs_running") == 0 && metricValue($0, "prism_processor_computations_killed_total") == 2
+                }
                 let late = metricValue(metrics, "prism_processor_job_seconds_sum", labels: #"outcome="deadline""#)
                 #expect(late > 0)
                 #expect(late < full / 3, "the expired job ran \(late) s; a full run takes \(full) s")

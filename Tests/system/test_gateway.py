@@ -132,7 +132,7 @@ def test_a_failing_variant_cancels_the_slow_one_and_leaves_nothing(services, sea
 
     # The processor working on the slow variant was told to stop, and did.
     wait_until(lambda: processors_metric(processors, "prism_processor_jobs_running") == 0, 10, message="jobs to stop")
-    assert processors_metric(processors, "prism_processor_calls_cancelled_total") == 1
+    wait_until(lambda: processors_metric(processors, "prism_processor_calls_cancelled_total") == 1, 5, message="the cancel to be counted")
     cancelled_work = processors_metric(processors, "prism_processor_job_seconds_sum", 'outcome="cancelled"')
     assert 0 < cancelled_work < full / 3
 
@@ -310,6 +310,6 @@ def test_a_client_that_disconnects_leaves_no_work_running_and_nothing_stored(ser
     wait_until(lambda: processors_metric(processors, "prism_processor_jobs_running") == 0, 10, message="the job to stop")
     stopped_after = time.monotonic() - start
     assert stopped_after < 2, f"work went on for {stopped_after:.1f}s after the client left"
-    assert processors_metric(processors, "prism_processor_calls_cancelled_total") == 1
+    wait_until(lambda: processors_metric(processors, "prism_processor_calls_cancelled_total") == 1, 5, message="the cancel to be counted")
     wait_until(lambda: metric_value(gateway.metrics(), "prism_gateway_uploads_cancelled_total") == 1, 5, message="the gateway to count it")
     wait_until(lambda: gateway.stored_files() == [], 5, message="the store to be clean")

@@ -1,0 +1,106 @@
+import Foundation
+@testable import PrismGateway
+import PrismClient
+import PrismProto
+import Testing
+
+@Suite("Recipes, plans and manifests")
+struct RecipeTests {
+    @Test("the built-in default recipe has the five variants the API promises")
+    func builtIn() throws {
+        let book = try RecipeBook.load(file: nil)
+        let variants = try #require(book.recipes["default"]).variants
+        #expect(variants.map(\.name) == ["thumb", "small", "medium", "large", "blur"])
+        #expect(variants[0].operations[0].resize.fit == .cover && variants[0].output.quality == 80)
+        #expect(variants[1].output.format == .webp)
+        #expect(variants[4].operations[1].blur.sigma == 8)
+    }
+
+    @Test("a recipe file is read in protobuf's JSON mapping")
+    func file() throws {
+        let json = #"{"recipes":{"avatar":{"description":"tiny","variants":[{"name":"s64","operations":[{"resize":{"width":64,"height":64,"fit":"COVER","position":"ATTENTION"}}],"output":{"format":"WEBP","quality":70}}]}}}"#
+        let recipes = try RecipeBook.parse(Data(json.utf8))
+        let avatar = try #require(recipes.first)
+        #expect(avatar.name == "avatar" && avatar.description == "tiny")
+        #expect(avatar.variants[0].operations[0].resize.position == .attention)
+        #expect(avatar.variants[0].output.format == .webp)
+        let book = try RecipeBook(recipes: recipes)
+        let listed = try JSONSerialization.jsonObject(with: book.json()) as! [String: Any]
+        #expect((listed["recipes"] as! [[String: Any]]).first?["name"] as? String == "avatar")
+    }
+
+    @Test("bad recipes are refused at start-up with the reason", arguments: [
+        (#"{"recipes":{"Bad Name":{"variants":[{"name":"a","operations":[],"output":{"format":"JPEG"}}]}}}"#, "recipe name"),
+        (#"{"recipes":{"r":{"variants":[{"name":"original","output":{"format":"JPEG"}}]}}}"#, "variant name"),
+        (#"{"recipes":{"r":{"variants":[{"name":"a","output":{"format":"JPEG"}},{"name":"a","output":{"format":"PNG"}}]}}}"#, "appears twice"),
+        (#"{"recipes":{"r":{"variants":[{"name":"a","operations":[{"blur":{"sigma":0}}],"output":{"format":"JPEG"}}]}}}"#, "blur sigma"),
+        (#"{"recipes":{"r":{"variants":[{"name":"a","output":{}}]}}}"#, "output.format"),
+        (#"{"recipes":{"r":{"variants":[{"name":"a","operations":[{"spin":{}}]}]}}}"#, "not a valid VariantSpec"),
+        (#"{"recipes":{"r":{"variants":[]}}}"#, "no variants"),
+    ])
+    func badRecipes(json: String, reason: String) {
+        do {
+            _ = try RecipeBook(recipes: try RecipeBook.parse(Data(json.utf8)))
+            Issue.record("accepted: \(json)")
+        } catch {
+            #expect(error.description.contains(reason), "\(error)")
+        }
+    }
+
+    @Test("variants are split over idle processors and kept together under load")
+    func planning() throws {
+        let variants = RecipeBook.builtIn.variants
+        let idle = [ProcessorLoad(address: "a", inFlight: 0, workers: 2), ProcessorLoad(address: "b", inFlight: 0, workers: 2)]
+        let split = VariantPlanner.groups(variants, loads: idle, split: true)
+        #expect(split.count == 2)
+        #expect(Set(split.flatMap { $0 }) == Set(variants.indices))
+        // The 2048 px variant (index 3) is the most expensive: it gets a call of its own.
+        #expect(split.contains([3]))
+        let busy = [ProcessorLoad(address: "a", inFlight: 2, workers: 2), ProcessorLoad(address: "b", inFlight: 5, workers: 2)]
+        #expect(VariantPlanner.groups(variants, loads: busy, split: true) == [Array(variants.indices)])
+        #expect(VariantPlanner.groups(variants, loads: idle, split: false) == [Array(variants.indices)])
+        #expect(VariantPlanner.groups([variants[0]], loads: idle, split: true) == [[0]])
+    }
+
+    @Test("ids are UUIDv7, in time order; anything else is not an id")
+    func ids() throws {
+        let a = UploadID.make()
+        Thread.sleep(forTimeInterval: 0.002)
+        let b = UploadID.make()
+        #expect(UploadID.isValid(a) && UploadID.isValid(b))
+        #expect(a < b)
+        #expect(!UploadID.isValid("../../etc/passwd"))
+        #expect(!UploadID.isValid(a.uppercased()))
+        #expect(!UploadID.isValid(String(a.dropLast())))
+    }
+
+    @Test("the manifest is snake_case JSON and lists its keys manifest last")
+    func manifest() throws {
+        let manifest = Manifest(
+            id: "x", recipe: "default", createdAt: "2026-01-01T00:00:00Z",
+            original: .init(key: "images/x/original.jpg", url: "u", width: 1, height: 2, format: "jpeg", bytes: 3, sha256: "s"),
+            variants: [.init(name: "thumb", key: "images/x/thumb.jpg", url: "u", width: 1, height: 1, format: "jpeg", bytes: 1, etag: "\"e\"")]
+        )
+        let json = String(decoding: manifest.encoded(), as: UTF8.self)
+        #expect(json.contains("\"created_at\":\"2026-01-01T00:00:00Z\""))
+        #expect(manifest.keys == ["images/x/original.jpg", "images/x/thumb.jpg", "images/x/manifest.json"])
+        #expect(try JSONDecoder().decode(Manifest.self, from: manifest.encoded()) == manifest)
+    }
+
+    @Test("formats are recognised from their first bytes")
+    func sniffing() throws {
+        #expect(ImageFormat.sniff(Data([0xFF, 0xD8, 0xFF, 0xE0])) == "jpeg")
+        #expect(ImageFormat.sniff(Data([0x89, 0x50, 0x4E, 0x47, 0x0D])) == "png")
+        #expect(ImageFormat.sniff(Data("RIFF\0\0\0\0WEBPVP8 ".utf8)) == "webp")
+        #expect(ImageFormat.sniff(Data("\0\0\0\u{1c}ftypavif".utf8)) == "avif")
+        #expect(ImageFormat.sniff(Data("hello".utf8)) == "unknown")
+    }
+
+    @Test("header parameters, quoted or not")
+    func parameters() {
+        #expect(parameter("boundary", in: "multipart/form-data; boundary=abc") == "abc")
+        #expect(parameter("name", in: "form-data; name=\"file\"; filename=\"a b.jpg\"") == "file")
+        #expect(parameter("filename", in: "form-data; name=\"file\"; filename=\"a b.jpg\"") == "a b.jpg")
+        #expect(parameter("boundary", in: "multipart/form-data") == nil)
+    }
+}
