@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Prism needs on Debian 12, and nothing twice.
 #   scripts/install-deps.sh          build + run: libvips, libcurl, OpenSSL, protobuf-c
-#   scripts/install-deps.sh --test   also what the tests use: exiftool, curl, docker-compose
-#                                    (to validate compose/), pytest, pyvips, boto3, SeaweedFS
+#   scripts/install-deps.sh --test   also what the tests use: exiftool, docker-compose (to
+#                                    validate compose/), nss_wrapper (one DNS name for several
+#                                    local processors), pytest, pyvips, boto3, SeaweedFS
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=(libvips-dev libvips-tools libcurl4-openssl-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler pkg-config make gcc curl)
 if [[ ${1:-} == --test ]]; then
-  want+=(libimage-exiftool-perl docker-compose python3-pip)
+  want+=(libimage-exiftool-perl docker-compose python3-pip libnss-wrapper)
 fi
 
 missing=()

@@ -3,25 +3,30 @@
 # machine with the local-disk store, waits until the gateway says ready, prints a curl line to
 # try, and stops everything cleanly on Ctrl-C.
 #
-# Ports (override with the environment): gateway 8080, processors 7071/7072, their status
-# pages 9091/9092. Stored files go to ./data (PRISM_DATA_DIR).
+# Ports (override with the environment): gateway 8080 (PRISM_RUN_GATEWAY_PORT), processors
+# 7071/7072 (PRISM_RUN_PROCESSOR1_PORT, PRISM_RUN_PROCESSOR2_PORT), their status pages 9091/9092
+# (PRISM_RUN_PROCESSOR1_STATUS_PORT, ...). Stored files go to ./data (PRISM_DATA_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-GATEWAY_PORT=${PRISM_GATEWAY_PORT:-8080}
-P1=${PRISM_PROCESSOR1_PORT:-7071}
-P2=${PRISM_PROCESSOR2_PORT:-7072}
+GATEWAY_PORT=${PRISM_RUN_GATEWAY_PORT:-8080}
+P1=${PRISM_RUN_PROCESSOR1_PORT:-7071}
+P2=${PRISM_RUN_PROCESSOR2_PORT:-7072}
+S1=${PRISM_RUN_PROCESSOR1_STATUS_PORT:-9091}
+S2=${PRISM_RUN_PROCESSOR2_STATUS_PORT:-9092}
 DATA=${PRISM_DATA_DIR:-$PWD/data}
-LOGS=${PRISM_LOG_DIR:-$PWD/.run-logs}
+LOGS=${PRISM_RUN_LOG_DIR:-$PWD/.run-logs}
 
-echo "building (release; the first build takes several minutes)..." >&2
-swift build -c release --product prism-processor >&2
-swift build -c release --product prism-gateway >&2
-BIN=$(swift build -c release --show-bin-path)
+# PRISM_RUN_CONFIGURATION=debug reuses the test build (the system tests do this).
+CONFIGURATION=${PRISM_RUN_CONFIGURATION:-release}
+echo "building ($CONFIGURATION; the first release build takes several minutes)..." >&2
+swift build -c "$CONFIGURATION" --product prism-processor >&2
+swift build -c "$CONFIGURATION" --product prism-gateway >&2
+BIN=$(swift build -c "$CONFIGURATION" --show-bin-path)
 
-for port in "$GATEWAY_PORT" "$P1" "$P2" 9091 9092; do
+for port in "$GATEWAY_PORT" "$P1" "$P2" "$S1" "$S2"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is already in use; set PRISM_GATEWAY_PORT / PRISM_PROCESSOR1_PORT / PRISM_PROCESSOR2_PORT" >&2
+    echo "port $port is already in use; set PRISM_RUN_GATEWAY_PORT / PRISM_RUN_PROCESSOR1_PORT / PRISM_RUN_PROCESSOR2_PORT" >&2
     exit 1
   fi
 done
@@ -39,9 +44,9 @@ stop() {
 trap stop INT TERM EXIT
 
 # glibc's per-thread malloc arenas fragment under libvips' threads; two keep RSS flat.
-MALLOC_ARENA_MAX=2 "$BIN/prism-processor" --port "$P1" --status-port 9091 >"$LOGS/processor-1.log" 2>&1 &
+MALLOC_ARENA_MAX=2 "$BIN/prism-processor" --port "$P1" --status-port "$S1" >"$LOGS/processor-1.log" 2>&1 &
 pids+=($!)
-MALLOC_ARENA_MAX=2 "$BIN/prism-processor" --port "$P2" --status-port 9092 >"$LOGS/processor-2.log" 2>&1 &
+MALLOC_ARENA_MAX=2 "$BIN/prism-processor" --port "$P2" --status-port "$S2" >"$LOGS/processor-2.log" 2>&1 &
 pids+=($!)
 "$BIN/prism-gateway" --port "$GATEWAY_PORT" --processors "127.0.0.1:$P1,127.0.0.1:$P2" \
   --data-dir "$DATA" >"$LOGS/gateway.log" 2>&1 &

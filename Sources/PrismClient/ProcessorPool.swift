@@ -237,23 +237,24 @@ public final class ProcessorPool: Service, Sendable {
         }
     }
 
-    /// Power of two choices on the calls each processor has in flight from here.
+    /// Power of two choices on the calls each processor has in flight from here. Choosing and
+    /// reserving happen under one lock, so calls dispatched together see each other's picks.
     func pick(excluding: Set<String>) -> (Subchannel, ProcessorConnection)? {
-        let ready = self.state.withLock { state in
-            state.subchannels.values.compactMap { sub -> (Subchannel, ProcessorConnection, Int)? in
+        self.state.withLock { state in
+            let ready = state.subchannels.values.compactMap { sub -> (Subchannel, ProcessorConnection, Int)? in
                 guard !excluding.contains(sub.address), let (connection, load) = sub.readyConnection() else { return nil }
                 return (sub, connection, load)
             }
+            guard !ready.isEmpty else { return nil }
+            var choice = ready[Int.random(in: 0..<ready.count)]
+            if ready.count > 1 {
+                var other = ready[Int.random(in: 0..<(ready.count - 1))]
+                if other.0 === choice.0 { other = ready[ready.count - 1] }
+                if other.2 < choice.2 { choice = other }
+            }
+            guard choice.0.reserve(choice.1) else { return nil }
+            return (choice.0, choice.1)
         }
-        guard !ready.isEmpty else { return nil }
-        var choice = ready[Int.random(in: 0..<ready.count)]
-        if ready.count > 1 {
-            var other = ready[Int.random(in: 0..<(ready.count - 1))]
-            if other.0 === choice.0 { other = ready[ready.count - 1] }
-            if other.2 < choice.2 { choice = other }
-        }
-        guard choice.0.reserve(choice.1) else { return self.pick(excluding: excluding) }
-        return (choice.0, choice.1)
     }
 
     // MARK: Observing

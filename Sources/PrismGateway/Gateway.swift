@@ -40,10 +40,17 @@ public final class Gateway: Sendable {
     private let activeUploads = Mutex(0)
     private let bound = Mutex<SocketAddress?>(nil)
 
-    public init(configuration: GatewayConfiguration, logger: Logger = Logger(label: "prism.gateway"), registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) throws {
+    /// - Parameter recipes: the recipes, when already loaded; otherwise read from the
+    ///   configuration's recipe file.
+    public init(
+        configuration: GatewayConfiguration,
+        recipes: RecipeBook? = nil,
+        logger: Logger = Logger(label: "prism.gateway"),
+        registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()
+    ) throws {
         self.configuration = configuration
         self.logger = logger
-        self.recipes = try RecipeBook.load(file: configuration.recipesFile)
+        self.recipes = try recipes ?? RecipeBook.load(file: configuration.recipesFile)
         self.metrics = GatewayMetrics(registry: registry)
         self.pool = ProcessorPool(configuration: configuration.processors, logger: logger, metricsFactory: self.metrics.factory)
         switch configuration.storage {

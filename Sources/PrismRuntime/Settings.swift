@@ -1,22 +1,41 @@
 public import ArgumentParser
 import Foundation
+import Synchronization
+public import Logging
 
 /// Resolves a setting the way every Prism binary does: the command-line flag if given, else
 /// the environment variable, else the default. A value that does not parse is a start-up
 /// error naming where it came from.
-public struct Settings: Sendable {
+public final class Settings: Sendable {
     let environment: [String: String]
+    private let consulted = Mutex<Set<String>>([])
 
     public init(environment: [String: String]) {
         self.environment = environment
     }
 
     /// Settings from this process's environment.
-    public init() {
-        self.environment = ProcessInfo.processInfo.environment
+    public convenience init() {
+        self.init(environment: ProcessInfo.processInfo.environment)
+    }
+
+    /// `PRISM_*` variables that are set but that no setting read: typos, or settings of the
+    /// other binary. Call after resolving every setting.
+    public var unknownVariables: [String] {
+        let known = self.consulted.withLock { $0 }
+        // PRISM_RUN_* belong to scripts/run-local.sh, PRISM_TEST_* to the test suites.
+        return self.environment.keys.filter {
+            $0.hasPrefix("PRISM_") && !$0.hasPrefix("PRISM_RUN_") && !$0.hasPrefix("PRISM_TEST_") && !known.contains($0)
+        }.sorted()
+    }
+
+    /// Marks variables as known without reading them here (read by a script or another layer).
+    public func acknowledge(_ names: String...) {
+        self.consulted.withLock { $0.formUnion(names) }
     }
 
     public func value<T: SettingValue>(_ flag: T?, env name: String, default fallback: T) throws -> T {
+        self.consulted.withLock { _ = $0.insert(name) }
         if let flag { return flag }
         guard let raw = self.environment[name], !raw.isEmpty else { return fallback }
         guard let value = T(setting: raw) else {
@@ -26,6 +45,7 @@ public struct Settings: Sendable {
     }
 
     public func optional<T: SettingValue>(_ flag: T?, env name: String) throws -> T? {
+        self.consulted.withLock { _ = $0.insert(name) }
         if let flag { return flag }
         guard let raw = self.environment[name], !raw.isEmpty else { return nil }
         guard let value = T(setting: raw) else {
@@ -36,6 +56,7 @@ public struct Settings: Sendable {
 
     /// A boolean switch: the flag, or the variable set to 1/true/yes.
     public func flag(_ flag: Bool, env name: String) throws -> Bool {
+        self.consulted.withLock { _ = $0.insert(name) }
         if flag { return true }
         guard let raw = self.environment[name]?.lowercased(), !raw.isEmpty else { return false }
         switch raw {
@@ -118,4 +139,22 @@ public struct ByteSizeSetting: SettingValue, ExpressibleByArgument, Sendable {
 
     public init?(argument: String) { self.init(setting: argument) }
     public static var settingDescription: String { "a size such as 1048576, 512k, 64m or 1g" }
+}
+
+/// What both binaries do once their settings are resolved: warn about unknown variables, and
+/// with --check-config print the resolved settings and stop.
+public enum StartupCheck {
+    /// - Returns: true when the process should exit now (check mode).
+    public static func finish(_ settings: Settings, checkOnly: Bool, summary: [(String, String)], logger: Logger) -> Bool {
+        let unknown = settings.unknownVariables
+        for name in unknown {
+            logger.warning("unknown setting ignored", metadata: ["variable": "\(name)"])
+        }
+        guard checkOnly else { return false }
+        for (name, value) in summary {
+            print("\(name) = \(value)")
+        }
+        print(unknown.isEmpty ? "configuration OK" : "configuration OK, but these variables are not settings of this program: \(unknown.joined(separator: ", "))")
+        return true
+    }
 }

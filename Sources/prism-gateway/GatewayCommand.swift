@@ -99,6 +99,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(help: "Log format: logfmt or json. (env PRISM_LOG_FORMAT; default logfmt)")
     var logFormat: LogFormat?
 
+    @Flag(help: "Check the settings (flags, environment, recipes), print them and exit without starting.")
+    var checkConfig = false
+
     func run() async throws {
         let settings = Settings()
         let environment = ProcessInfo.processInfo.environment
@@ -134,9 +137,10 @@ struct GatewayCommand: AsyncParsableCommand {
         config.splitVariants = try !settings.flag(self.noSplit, env: "PRISM_NO_SPLIT")
 
         let publicBase = try settings.optional(self.publicBaseUrl, env: "PRISM_PUBLIC_BASE_URL")
+        // Read whatever the storage: an image may set it for local use while S3 is configured.
+        let directory = try settings.value(self.dataDir, env: "PRISM_DATA_DIR", default: "./data")
         switch try settings.value(self.storage, env: "PRISM_STORAGE", default: "local").lowercased() {
         case "local":
-            let directory = try settings.value(self.dataDir, env: "PRISM_DATA_DIR", default: "./data")
             config.storage = .local(directory: directory, publicBaseURL: publicBase)
         case "s3":
             guard let endpoint = try settings.optional(self.s3Endpoint, env: "PRISM_S3_ENDPOINT") else {
@@ -167,12 +171,28 @@ struct GatewayCommand: AsyncParsableCommand {
 
         LogSetup.bootstrap(format: format, level: level)
         let logger = Logger(label: "prism.gateway")
-        let gateway: Gateway
+        let recipes: RecipeBook
         do {
-            gateway = try Gateway(configuration: config, logger: logger)
-        } catch let error as RecipeError {
+            recipes = try RecipeBook.load(file: config.recipesFile)
+        } catch {
             throw ValidationError("Recipes: \(error.description)")
         }
+        var summary: [(String, String)] = [
+            ("listen", "\(config.host):\(config.port)"),
+            ("processors", config.processors.endpoints.map(\.description).joined(separator: ",")),
+            ("processor_dns", config.processors.dnsNames.map(\.description).joined(separator: ",")),
+            ("processor_token", config.processors.client.authToken == nil ? "none" : "set (hidden)"),
+            ("api_keys", "\(config.apiKeys.count)"), ("max_upload_size", "\(config.maxUploadBytes)"),
+            ("upload_timeout", "\(config.uploadTimeout)"), ("max_concurrent_uploads", "\(config.maxConcurrentUploads)"),
+            ("recipes", recipes.recipes.keys.sorted().joined(separator: ",")), ("split_variants", "\(config.splitVariants)"),
+        ]
+        switch config.storage {
+        case .local(let directory, let base): summary.append(("storage", "local \(directory) \(base ?? "")"))
+        case .s3(let s3, let create):
+            summary.append(("storage", "s3 \(s3.endpoint) bucket=\(s3.bucket) prefix=\(s3.keyPrefix) region=\(s3.region) path_style=\(s3.pathStyle) create_bucket=\(create)"))
+        }
+        if StartupCheck.finish(settings, checkOnly: self.checkConfig, summary: summary, logger: logger) { return }
+        let gateway = try Gateway(configuration: config, recipes: recipes, logger: logger)
         var groupConfig = ServiceGroupConfiguration(services: gateway.services(), logger: logger)
         groupConfig.gracefulShutdownSignals = [.sigterm, .sigint]
         groupConfig.maximumGracefulShutdownDuration = drain

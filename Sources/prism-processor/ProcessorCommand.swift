@@ -75,6 +75,9 @@ struct ProcessorCommand: AsyncParsableCommand {
     @Option(help: "Log format: logfmt or json. (env PRISM_LOG_FORMAT; default logfmt)")
     var logFormat: LogFormat?
 
+    @Flag(help: "Check the settings (flags and environment), print them and exit without starting.")
+    var checkConfig = false
+
     func run() async throws {
         let settings = Settings()
         var config = ProcessorConfiguration()
@@ -111,6 +114,18 @@ struct ProcessorCommand: AsyncParsableCommand {
 
         LogSetup.bootstrap(format: format, level: level)
         let logger = Logger(label: "prism.processor")
+        let summary: [(String, String)] = [
+            ("listen", "\(config.host):\(config.port)"),
+            ("status", config.statusPort.map { "\(config.statusHost):\($0)" } ?? "off"),
+            ("workers", "\(config.workers)"), ("queue", "\(config.queueCapacity)"),
+            ("vips_concurrency", "\(config.vipsConcurrency)"), ("max_frame_size", "\(config.maxFrameSize)"),
+            ("max_input_pixels", "\(config.limits.maxInputPixels)"), ("max_output_dimension", "\(config.limits.maxOutputDimension)"),
+            ("max_avif_pixels", "\(config.limits.maxAVIFPixels)"), ("fail_on_warnings", "\(config.limits.failOnWarnings)"),
+            ("auth_token", config.authToken == nil ? "none" : "set (hidden)"),
+            ("default_timeout", "\(config.defaultTimeout)"), ("max_timeout", "\(config.maxTimeout)"),
+            ("drain_timeout", "\(config.drainTimeout)"),
+        ]
+        if StartupCheck.finish(settings, checkOnly: self.checkConfig, summary: summary, logger: logger) { return }
         let server = try ProcessorServer(configuration: config, logger: logger)
         var groupConfig = ServiceGroupConfiguration(services: [server], logger: logger)
         groupConfig.gracefulShutdownSignals = [.sigterm, .sigint]

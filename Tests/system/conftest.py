@@ -4,6 +4,7 @@ Every process a fixture starts is stopped by that fixture, by its process id: SI
 (the services drain), SIGKILL if it does not exit in time.
 """
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -106,16 +107,24 @@ class Processor(Service):
 
 
 def metric_value(text, name, labels=None):
-    """Sum of a metric's series (or the one series with exactly these labels) in Prometheus text."""
+    """Sum of a metric's series in Prometheus text, or the one series with exactly these labels
+    (given as 'a="x",b="y"', in any order)."""
+    def label_set(body):
+        return frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', body))
+
+    wanted = label_set(labels) if labels is not None else None
     total = 0.0
     for line in text.splitlines():
         if line.startswith("#") or not line.strip():
             continue
         series, _, value = line.rpartition(" ")
-        if labels is not None:
-            if series == f"{name}{{{labels}}}":
+        metric, _, rest = series.partition("{")
+        if metric != name:
+            continue
+        if wanted is not None:
+            if label_set(rest.rstrip("}")) == wanted:
                 return float(value)
-        elif series == name or series.startswith(name + "{"):
+        else:
             total += float(value)
     return total
 

@@ -1,0 +1,262 @@
+"""Running Prism like production: compose, configuration, logs, metrics, drain, make run."""
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from conftest import BIN, REPO, Gateway, Processor, Service, edge, free_port, metric_value, photo, wait_until
+
+COMPOSE = REPO / "compose" / "docker-compose.yml"
+
+
+def compose_config():
+    result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_file_is_valid_and_has_the_production_shape():
+    config = compose_config()
+    services = config["services"]
+    assert set(services) == {"gateway", "processor", "seaweedfs"}
+    processor = services["processor"]
+    # Scalable: no fixed host port, no container name.
+    assert "ports" not in processor and "container_name" not in processor
+    assert processor["build"]["target"] == "processor"
+    gateway = services["gateway"]
+    assert gateway["environment"]["PRISM_PROCESSOR_DNS"] == "processor:7070"
+    assert gateway["environment"]["PRISM_STORAGE"] == "s3"
+    assert gateway["environment"]["PRISM_S3_CREATE_BUCKET"] == "true"
+    assert gateway["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
+    for name, service in services.items():
+        assert "healthcheck" in service, name
+    dockerfile = (REPO / "compose" / "Dockerfile").read_text()
+    assert re.search(r"^FROM swift:\S+ AS build", dockerfile, re.M)
+    assert re.search(r"^FROM debian:bookworm-slim AS processor", dockerfile, re.M)
+    assert re.search(r"^FROM debian:bookworm-slim AS gateway", dockerfile, re.M)
+
+
+def dockerfile_env(target):
+    """ENV lines of one stage of the Dockerfile."""
+    env, stage = {}, None
+    for line in (REPO / "compose" / "Dockerfile").read_text().splitlines():
+        if line.startswith("FROM "):
+            stage = line.split()[-1]
+        elif line.startswith("ENV ") and stage == target:
+            for pair in line[4:].split():
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+@pytest.mark.parametrize("service,binary", [("processor", "prism-processor"), ("gateway", "prism-gateway")])
+def test_every_setting_compose_passes_is_accepted_by_the_binary(service, binary):
+    definition = compose_config()["services"][service]
+    env = {k: str(v) for k, v in (definition.get("environment") or {}).items()}
+    env.update(dockerfile_env(service))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PRISM_", "AWS_"))}
+    command = definition.get("command") or []
+    result = subprocess.run([BIN / binary, *command, "--check-config"], capture_output=True, text=True,
+                            env={**clean, **env}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK" in result.stdout
+    assert "not settings of this program" not in result.stdout, result.stdout
+    assert "unknown setting" not in result.stderr, result.stderr
+
+
+def test_unknown_variables_are_reported():
+    result = subprocess.run([BIN / "prism-processor", "--check-config"], capture_output=True, text=True,
+                            env={**os.environ, "PRISM_PROCESSOR_WORKRES": "4"}, timeout=30)
+    assert result.returncode == 0
+    assert "PRISM_PROCESSOR_WORKRES" in result.stdout and "unknown setting ignored" in result.stderr
+
+
+class NamedProcessor(Processor):
+    """A processor on its own loopback address, like one compose replica."""
+
+    def __init__(self, log_dir, ip, port, env=None):
+        super().__init__(log_dir, "--workers", "1", env=env, name=f"processor-{ip}", host=ip, port=port)
+
+
+def write_hosts(path, ips, _generation=[0]):
+    """Rewrites the hosts file in place with a new modification time: nss_wrapper keeps the file
+    open and reloads it only when its mtime (in whole seconds) changes."""
+    _generation[0] += 1
+    path.write_text("".join(f"{ip} processor\n" for ip in ips))
+    stamp = time.time() + 2 * _generation[0]
+    os.utime(path, (stamp, stamp))
+
+
+def test_compose_topology_as_local_processes(services, seaweed, tmp_path):
+    """One DNS name with several processors and the S3 backend, as compose runs it, scaled up and down."""
+    hosts = tmp_path / "hosts"
+    port = free_port()
+    replicas = {ip: services.add(NamedProcessor(tmp_path, ip, port, env={"PRISM_AUTH_TOKEN": "compose-token"}))
+                for ip in ("127.0.0.2", "127.0.0.3")}
+    write_hosts(hosts, replicas)
+    env = {
+        **seaweed.gateway_env(),
+        # The gateway resolves names through nss_wrapper, reading this hosts file: one name,
+        # one address per replica, as Docker's DNS gives for a scaled service.
+        "LD_PRELOAD": "libnss_wrapper.so", "NSS_WRAPPER_HOSTS": str(hosts),
+        "NSS_WRAPPER_PASSWD": "/etc/passwd", "NSS_WRAPPER_GROUP": "/etc/group",
+        "PRISM_PROCESSOR_DNS": f"processor:{port}", "PRISM_PROCESSOR_DNS_REFRESH": "200ms",
+        "PRISM_AUTH_TOKEN": "compose-token", "PRISM_STORAGE": "s3", "PRISM_S3_ENDPOINT": seaweed.endpoint,
+        "PRISM_S3_BUCKET": "compose", "PRISM_S3_CREATE_BUCKET": "true", "PRISM_LOG_FORMAT": "json",
+    }
+    gateway = services.gateway((), env=env)
+    gateway.wait_processors(2)
+    first = gateway.upload(photo("Storm.jpg"))
+    assert first.status_code == 201, first.text
+    assert len(seaweed.keys("compose", f"images/{first.json()['id']}/")) == 7
+    assert all(p.metric("prism_processor_calls_succeeded_total") >= 1 for p in replicas.values())
+
+    # Scale up: a third replica appears in DNS.
+    third = services.add(NamedProcessor(tmp_path, "127.0.0.4", port, env={"PRISM_AUTH_TOKEN": "compose-token"}))
+    write_hosts(hosts, ("127.0.0.2", "127.0.0.3", "127.0.0.4"))
+    gateway.wait_processors(3)
+
+    # Scale down: a replica stops (SIGTERM, as compose does) and leaves DNS.
+    leaving = replicas["127.0.0.2"]
+    leaving.signal(signal.SIGTERM)
+    write_hosts(hosts, ("127.0.0.3", "127.0.0.4"))
+    assert leaving.proc.wait(30) == 0
+    gateway.wait_processors(2)
+    for _ in range(3):
+        response = gateway.upload(photo("Dune.jpg"))
+        assert response.status_code == 201, response.text
+    assert third.metric("prism_processor_calls_succeeded_total") >= 1
+    assert metric_value(gateway.metrics(), "prism_gateway_processor_connections", 'state="ready"') == 2
+
+
+def test_metrics_move_on_both_services(services):
+    processors = [services.processor(), services.processor()]
+    gateway = services.gateway(processors)
+    gateway.wait_processors(2)
+    before = gateway.metrics()
+    assert metric_value(before, "prism_gateway_processor_connections", 'state="ready"') == 2
+    for name in ("Garden.jpg", "Wood.jpg"):
+        assert gateway.upload(photo(name)).status_code == 201
+    assert gateway.upload(edge("not-an-image.txt")).status_code == 415
+    after = gateway.metrics()
+    assert metric_value(after, "prism_gateway_uploads_total", 'outcome="ok"') == 2
+    assert metric_value(after, "prism_gateway_uploads_total", 'outcome="failed"') == 1
+    assert metric_value(after, "prism_gateway_uploads_in_flight") == 0
+    assert metric_value(after, "prism_gateway_requests_total", 'method="POST",route="/v1/images",status="201"') == 2
+    assert metric_value(after, "prism_gateway_requests_total", 'method="POST",route="/v1/images",status="415"') == 1
+    assert metric_value(after, "prism_gateway_upload_stage_seconds_count", 'stage="total"') == 2
+    assert metric_value(after, "prism_gateway_upload_stage_seconds_count", 'stage="receive"') == 3
+    assert metric_value(after, "prism_gateway_variant_seconds_count") == 10
+    assert metric_value(after, "prism_gateway_bytes_stored_total") > photo("Garden.jpg").stat().st_size
+    assert "prism_gateway_call_retries_total" in after
+    started = sum(p.metric("prism_processor_calls_started_total") for p in processors)
+    assert started >= 3
+    texts = [p.metrics() for p in processors]
+    assert sum(metric_value(t, "prism_processor_variant_seconds_count") for t in texts) == 10
+    assert sum(metric_value(t, "prism_processor_decode_seconds_count") for t in texts) >= 2
+    assert sum(metric_value(t, "prism_processor_calls_failed_total", 'code="invalid_argument",reason="not_an_image"') for t in texts) >= 1
+    assert all(metric_value(t, "prism_processor_jobs_queued") == 0 for t in texts)
+    assert all("prism_processor_queue_wait_seconds_bucket" in t for t in texts)
+
+
+def test_request_id_follows_an_upload_into_the_processor_logs(services):
+    processor = services.processor("--log-format", "json")
+    gateway = services.gateway([processor], "--log-format", "json")
+    gateway.wait_processors(1)
+    with open(photo("Dune.jpg"), "rb") as f:
+        response = requests.post(gateway.url + "/v1/images", files={"file": f}, headers={"X-Request-Id": "trace-4711"}, timeout=60)
+    assert response.status_code == 201
+    assert response.headers["X-Request-Id"] == "trace-4711"
+    wait_until(lambda: '"request_id":"trace-4711"' in gateway.log(), message="the id in the gateway log")
+    wait_until(lambda: '"request_id":"trace-4711"' in processor.log(), message="the id in the processor log")
+    generated = requests.get(gateway.url + "/v1/recipes", timeout=5).headers["X-Request-Id"]
+    assert len(generated) >= 16
+
+
+RECIPES = str(Path(__file__).parent / "recipes_for_tests.json")
+
+
+def test_gateway_sigterm_finishes_the_upload_in_flight_then_exits(services):
+    processors = [services.processor(), services.processor()]
+    gateway = services.gateway(processors, "--recipes", RECIPES)
+    gateway.wait_processors(2)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=gateway.upload(edge("large-19mp.jpg"), recipe="slow")))
+    thread.start()
+    wait_until(lambda: sum(p.metric("prism_processor_jobs_running") for p in processors) == 1, message="the upload to be processing")
+    gateway.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    # No new connections once draining...
+    with pytest.raises(requests.ConnectionError):
+        requests.get(gateway.url + "/healthz", timeout=2)
+    thread.join(60)
+    # ...but the upload in flight completes.
+    assert result["r"].status_code == 201, result["r"].text
+    assert gateway.proc.wait(30) == 0
+    assert gateway.stored_files(), "the finished upload is stored"
+
+
+def test_processor_sigterm_under_load_fails_no_upload(services):
+    processors = [services.processor(), services.processor()]
+    gateway = services.gateway(processors, "--recipes", RECIPES)
+    gateway.wait_processors(2)
+    statuses = []
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            statuses.append(gateway.upload(edge("large-19mp.jpg"), recipe="pair").status_code)
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for c in clients:
+        c.start()
+    wait_until(lambda: processors[0].metric("prism_processor_jobs_running") >= 1, message="the first processor to be busy")
+    processors[0].signal(signal.SIGTERM)
+    assert processors[0].proc.wait(60) == 0
+    time.sleep(1.0)
+    stop.set()
+    for c in clients:
+        c.join(120)
+    assert statuses and all(s == 201 for s in statuses), statuses
+    assert processors[1].metric("prism_processor_calls_succeeded_total") >= 2
+    assert "draining" in processors[0].log()
+
+
+def test_make_run_starts_prism_and_stops_it_on_ctrl_c(tmp_path):
+    ports = {name: str(free_port()) for name in ("GATEWAY", "PROCESSOR1", "PROCESSOR2", "PROCESSOR1_STATUS", "PROCESSOR2_STATUS")}
+    env = {**os.environ, "PRISM_RUN_CONFIGURATION": "debug", "PRISM_DATA_DIR": str(tmp_path / "data"),
+           "PRISM_RUN_LOG_DIR": str(tmp_path / "logs"), **{f"PRISM_RUN_{k}_PORT": v for k, v in ports.items()}}
+    run = subprocess.Popen([REPO / "scripts" / "run-local.sh"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            line = run.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        text = "".join(lines)
+        assert "Prism is running" in text, text
+        command = next(l.strip() for l in lines if l.strip().startswith("curl -F"))
+        assert f":{ports['GATEWAY']}/v1/images" in command
+        upload = subprocess.run(command.replace("photo.jpg", str(photo("Blinds.jpg"))), shell=True,
+                                capture_output=True, text=True, timeout=60)
+        assert '"variants"' in upload.stdout, upload.stdout + upload.stderr
+        assert list((tmp_path / "data" / "images").iterdir())
+    finally:
+        os.killpg(run.pid, signal.SIGINT)
+        rest, _ = run.communicate(timeout=60)
+    assert "stopped." in rest
+    for port in ports.values():
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
