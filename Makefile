@@ -32,4 +32,10 @@ run: deps
 protos:
 	scripts/gen-protos.sh
 
-.PHONY: help deps test-deps build test run protos
+bench: test-deps
+	swift build -c release --product prism-processor
+	swift build -c release --product prism-gateway
+	swift build -c release --product prism-bench
+	python3 Benchmarks/run.py
+
+.PHONY: help deps test-deps build test run protos bench

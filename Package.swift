@@ -177,6 +177,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // The in-process half of the benchmark harness (Benchmarks/run.py).
+        .executableTarget(
+            name: "prism-bench",
+            dependencies: [
+                "PrismImaging",
+                "PrismClient",
+                "PrismGateway",
+                "PrismProto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         .testTarget(
             name: "PrismWireTests",
             dependencies: [

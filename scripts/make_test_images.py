@@ -60,8 +60,9 @@ def main():
                        check=True)
     make("orient6-gps.jpg", oriented)
 
-    # A large photo (5120x3840, 19.7 MP) and a large progressive one (4608x2880, 13.3 MP).
+    # Large photos (5120x3840, 19.7 MP; 5248x3280, 17.2 MP) and a large progressive one (4608x2880, 13.3 MP).
     make("large-19mp.jpg", lambda p: pyvips.Image.new_from_file(wood).resize(2.0).jpegsave(p, Q=88))
+    make("large-17mp.jpg", lambda p: pyvips.Image.new_from_file(os.path.join(photos, "TwoWings.jpg")).resize(2.05).jpegsave(p, Q=88))
     make("progressive-13mp.jpg",
          lambda p: pyvips.Image.new_from_file(garden).resize(1.8).jpegsave(p, Q=88, interlace=True))
     # A large PNG photo (3840x2400) and a PNG with a soft alpha channel.

@@ -203,9 +203,11 @@ public final class ProcessorPool: Service, Sendable {
         var tried = Set<String>()
         var lastError: PrismRPCError? = nil
         for attempt in 0..<2 {
+            let choosing = ContinuousClock.now
             guard let (subchannel, connection) = try await self.pickWaiting(excluding: tried, deadline: request.deadline) else {
                 throw lastError ?? Self.noProcessors
             }
+            self.metrics.dispatch.recordNanoseconds((ContinuousClock.now - choosing).nanoseconds)
             defer { subchannel.release() }
             do {
                 return try await connection.process(request, onVariant: onVariant)
@@ -289,6 +291,8 @@ public final class ProcessorPool: Service, Sendable {
 struct PoolMetrics: Sendable {
     let retries: CoreMetrics.Counter
     let reconnects: CoreMetrics.Counter
+    /// Time to choose a processor for a call (including waiting for one to be ready).
+    let dispatch: CoreMetrics.Timer
     let factory: any MetricsFactory
 
     init(factory: (any MetricsFactory)?) {
@@ -296,6 +300,7 @@ struct PoolMetrics: Sendable {
         self.factory = factory
         self.retries = CoreMetrics.Counter(label: "prism_gateway_call_retries_total", factory: factory)
         self.reconnects = CoreMetrics.Counter(label: "prism_gateway_processor_reconnects_total", factory: factory)
+        self.dispatch = CoreMetrics.Timer(label: "prism_gateway_dispatch_seconds", factory: factory)
     }
 
     func connections(_ state: String) -> CoreMetrics.Gauge {

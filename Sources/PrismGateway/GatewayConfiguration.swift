@@ -21,9 +21,8 @@ public struct GatewayConfiguration: Sendable {
     public var cacheControl: String = "public, max-age=31536000, immutable"
     public var storage: Storage = .local(directory: "./data", publicBaseURL: nil)
     public var processors = ProcessorPoolConfiguration()
-    /// Split an upload's variants over several processors only while that many processors have
-    /// a free worker; under load keep them in one call (one decode).
-    public var splitVariants: Bool = true
+    /// How an upload's variants are spread over processors (see `VariantPlanner`).
+    public var split: SplitPolicy = .auto
 
     public enum Storage: Sendable {
         /// Files under `directory`, served by the gateway at /files/. `publicBaseURL` is what
@@ -33,4 +32,14 @@ public struct GatewayConfiguration: Sendable {
     }
 
     public init() {}
+}
+
+/// How an upload's variants are grouped into processor calls.
+public enum SplitPolicy: String, Sendable, CaseIterable {
+    /// Over as many processors as have a free worker now; one call when they are busy.
+    case auto
+    /// Always one call: one decode per upload (best throughput under load).
+    case never
+    /// Always over every ready processor (lowest latency when idle; for comparison).
+    case always
 }

@@ -1,5 +1,6 @@
 import CoreMetrics
 public import Prometheus
+import PrismWire
 
 /// The gateway's metrics, on a Prometheus registry the gateway owns (scraped at /metrics).
 final class GatewayMetrics: Sendable {
@@ -35,30 +36,25 @@ final class GatewayMetrics: Sendable {
     /// Time spent in one stage of an upload: receive, process, manifest, total.
     func stage(_ name: String, _ duration: Duration) {
         CoreMetrics.Timer(label: "prism_gateway_upload_stage_seconds", dimensions: [("stage", name)], factory: self.factory)
-            .recordNanoseconds(nanoseconds(duration))
+            .recordNanoseconds(duration.nanoseconds)
     }
 
     func request(route: String, method: String, status: Int, duration: Duration) {
         CoreMetrics.Counter(label: "prism_gateway_requests_total", dimensions: [("route", route), ("method", method), ("status", "\(status)")], factory: self.factory).increment()
         CoreMetrics.Timer(label: "prism_gateway_request_duration_seconds", dimensions: [("route", route), ("method", method)], factory: self.factory)
-            .recordNanoseconds(nanoseconds(duration))
+            .recordNanoseconds(duration.nanoseconds)
     }
 
     func stored(bytes: Int, duration: Duration) {
         self.bytesStored.increment(by: Int64(bytes))
-        self.storeTimer.recordNanoseconds(nanoseconds(duration))
+        self.storeTimer.recordNanoseconds(duration.nanoseconds)
     }
 
     func variant(_ processing: Duration) {
-        self.variantTimer.recordNanoseconds(nanoseconds(processing))
+        self.variantTimer.recordNanoseconds(processing.nanoseconds)
     }
 
     func uploadFailed() {
         self.uploadsFailedCounter.increment()
     }
-}
-
-func nanoseconds(_ duration: Duration) -> Int64 {
-    let (seconds, attoseconds) = duration.components
-    return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
 }

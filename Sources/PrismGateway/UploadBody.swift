@@ -33,14 +33,16 @@ enum UploadBody {
             return try await self.multipartFile(request.body, boundary: boundary, limit: limit)
         }
         if mediaType.hasPrefix("image/") || mediaType == "application/octet-stream" {
-            var buffer = ByteBuffer()
+            // Straight into the Data that travels on: one copy of the bytes, sized up front when
+            // the length is announced.
+            var data = Data()
+            if let length = request.headers[.contentLength].flatMap({ Int($0) }) { data.reserveCapacity(length) }
             for try await chunk in request.body {
-                guard buffer.readableBytes + chunk.readableBytes <= limit else { throw GatewayError.tooLarge(limit: limit) }
-                var chunk = chunk
-                buffer.writeBuffer(&chunk)
+                guard data.count + chunk.readableBytes <= limit else { throw GatewayError.tooLarge(limit: limit) }
+                data.append(contentsOf: chunk.readableBytesView)
             }
-            guard buffer.readableBytes > 0 else { throw GatewayError.badRequest("The request body is empty; send the image bytes.") }
-            return Data(buffer.readableBytesView)
+            guard !data.isEmpty else { throw GatewayError.badRequest("The request body is empty; send the image bytes.") }
+            return data
         }
         throw GatewayError.unsupportedMediaType(
             "Send the image as multipart/form-data with a 'file' field, or as a raw body with an image/* Content-Type (got '\(mediaType.isEmpty ? "none" : mediaType)')."
@@ -51,11 +53,10 @@ enum UploadBody {
     private static func multipartFile(_ body: RequestBody, boundary: String, limit: Int) async throws -> Data {
         let parser = MultipartParser(boundary: boundary)
         final class Collector {
-            var headers: [(String, String)] = []
             var inPart = false
             var isFile = false
-            var file: ByteBuffer?
-            var current = ByteBuffer()
+            var file: Data?
+            var current = Data()
             var completedParts = 0
         }
         let collector = Collector()
@@ -67,11 +68,11 @@ enum UploadBody {
         }
         parser.onBody = { chunk in
             collector.inPart = true
-            if collector.isFile, collector.file == nil { collector.current.writeBuffer(&chunk) }
+            if collector.isFile, collector.file == nil { collector.current.append(contentsOf: chunk.readableBytesView) }
         }
         parser.onPartComplete = {
             if collector.isFile, collector.file == nil { collector.file = collector.current }
-            collector.current = ByteBuffer()
+            collector.current = Data()
             collector.isFile = false
             collector.inPart = false
             collector.completedParts += 1
@@ -96,10 +97,10 @@ enum UploadBody {
         guard collector.completedParts > 0 else {
             throw GatewayError.badRequest("The multipart body has no parts (is the boundary right?); send a 'file' field.")
         }
-        guard let file = collector.file, file.readableBytes > 0 else {
+        guard let file = collector.file, !file.isEmpty else {
             throw GatewayError.badRequest("The multipart body has no non-empty 'file' field; send the image in a field named 'file'.")
         }
-        return Data(file.readableBytesView)
+        return file
     }
 }
 

@@ -61,21 +61,23 @@ struct UploadCoordinator: Sendable {
         let cacheControl = self.configuration.cacheControl
         let sniffed = ImageFormat.sniff(source)
         let originalKey = "images/\(id)/original.\(ImageFormat.fileExtension(sniffed))"
-        let groups = VariantPlanner.groups(recipe.variants, loads: self.pool.readyLoads(), split: self.configuration.splitVariants)
+        let groups = VariantPlanner.groups(recipe.variants, loads: self.pool.readyLoads(), split: self.configuration.split)
         logger.debug("upload planned", metadata: ["calls": "\(groups.count)", "variants": "\(recipe.variants.count)"])
 
         enum Part: Sendable {
-            case original(etag: String)
+            case original(etag: String, sha256: String)
             case call(ProcessResult, [Int], [Int: String])
         }
         let dispatched = clock.now
         let parts: [Part] = try await withThrowingTaskGroup(of: Part.self) { group in
             group.addTask {
+                // Hashed and stored while the processors work.
+                let sha256 = Digest.sha256Hex(source)
                 written.add(originalKey)
                 let stored = clock.now
                 let etag = try await self.store.put(key: originalKey, body: source, contentType: contentType(forKey: originalKey), cacheControl: cacheControl)
                 self.metrics.stored(bytes: source.count, duration: clock.now - stored)
-                return .original(etag: etag)
+                return .original(etag: etag, sha256: sha256)
             }
             for members in groups {
                 group.addTask {
@@ -101,15 +103,15 @@ struct UploadCoordinator: Sendable {
         }
         self.metrics.stage("process", clock.now - dispatched)
 
-        var originalETag = ""
-        var source_info = Prism_V1_SourceInfo()
+        var originalSHA256 = ""
+        var sourceInfo = Prism_V1_SourceInfo()
         var variants = [Manifest.Variant?](repeating: nil, count: recipe.variants.count)
         for part in parts {
             switch part {
-            case .original(let etag):
-                originalETag = etag
+            case .original(_, let sha256):
+                originalSHA256 = sha256
             case .call(let result, let members, let etags):
-                source_info = result.source
+                sourceInfo = result.source
                 for variant in result.variants {
                     let index = members[variant.index]
                     let spec = recipe.variants[index]
@@ -122,17 +124,16 @@ struct UploadCoordinator: Sendable {
                 }
             }
         }
-        _ = originalETag
-        let formatName = ImageFormat.name(source_info.format.rawValue)
+        let formatName = ImageFormat.name(sourceInfo.format.rawValue)
         let manifest = Manifest(
             id: id,
             recipe: recipe.name,
             createdAt: ISO8601DateFormatter().string(from: Date()),
             original: Manifest.Original(
                 key: originalKey, url: self.store.url(for: originalKey),
-                width: Int(source_info.width), height: Int(source_info.height),
+                width: Int(sourceInfo.width), height: Int(sourceInfo.height),
                 format: formatName == "unknown" ? sniffed : formatName,
-                bytes: source.count, sha256: Digest.sha256Hex(source)
+                bytes: source.count, sha256: originalSHA256
             ),
             variants: variants.compactMap { $0 }
         )

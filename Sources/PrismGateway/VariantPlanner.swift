@@ -9,11 +9,11 @@ import PrismProto
 /// split over as many processors as have a free worker (at most one call per variant), keep
 /// everything in one call otherwise.
 enum VariantPlanner {
-    static func groups(_ variants: [Prism_V1_VariantSpec], loads: [ProcessorLoad], split: Bool) -> [[Int]] {
+    static func groups(_ variants: [Prism_V1_VariantSpec], loads: [ProcessorLoad], split: SplitPolicy) -> [[Int]] {
         let indices = Array(variants.indices)
-        guard split, variants.count > 1 else { return [indices] }
-        let idle = loads.filter { $0.inFlight < $0.workers }.count
-        let count = min(idle, variants.count)
+        guard split != .never, variants.count > 1 else { return [indices] }
+        let available = split == .always ? loads.count : loads.filter { $0.inFlight < $0.workers }.count
+        let count = min(available, variants.count)
         guard count > 1 else { return [indices] }
         // Longest processing time first onto the least loaded group.
         var groups = Array(repeating: (cost: 0.0, members: [Int]()), count: count)

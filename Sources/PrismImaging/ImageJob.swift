@@ -11,6 +11,9 @@ public struct EncodedVariant: Sendable {
     public var format: Prism_V1_Format
     /// Operations and encoding of this variant.
     public var duration: Duration
+    /// The encoding part of `duration` (libvips computes the pixels while it encodes, so this
+    /// includes the operations that run lazily in the same pass).
+    public var encodeDuration: Duration
 }
 
 /// What a job learned about its source, and how long decoding took.
@@ -153,8 +156,10 @@ private struct JobRun {
             } catch {
                 throw self.failure(error, reason: .unspecified, message: "Variant \(plan.label) could not be made.", variant: plan.errorName)
             }
+            let encodeStart = clock.now
             let data = try self.encode(image, plan: plan)
-            emit(EncodedVariant(index: plan.index, data: data, size: image.size, format: plan.format, duration: clock.now - start))
+            let end = clock.now
+            emit(EncodedVariant(index: plan.index, data: data, size: image.size, format: plan.format, duration: end - start, encodeDuration: end - encodeStart))
         }
         return JobSummary(source: info, decodeDuration: decodeDuration, shrinkOnLoad: shrink)
     }

@@ -235,7 +235,7 @@ final class ProcessorConnectionHandler: Sendable {
                 }
             }
             // Metrics first: whoever sees the answer also sees the job counted.
-            metrics.queueWait.record(duration: queued)
+            metrics.queueWait.recordNanoseconds(queued.nanoseconds)
             metrics.jobFinished(outcome: outcome, duration: clock.now - jobStart)
             if cancellation.killedComputation { metrics.jobsKilled.increment() }
             events.yield(ending)
@@ -260,17 +260,18 @@ final class ProcessorConnectionHandler: Sendable {
                     response.width = UInt32(variant.size.width)
                     response.height = UInt32(variant.size.height)
                     response.format = variant.format
-                    response.processUs = micros(variant.duration)
+                    response.processUs = variant.duration.microseconds
                     self.send(.response(callID: callID, response))
-                    metrics.variantDuration.record(duration: variant.duration)
+                    metrics.variantDuration.recordNanoseconds(variant.duration.nanoseconds)
+                    metrics.encodeDuration.recordNanoseconds(variant.encodeDuration.nanoseconds)
                     metrics.outputBytes.increment(by: Int64(variant.data.count))
                 case .done(let summary, let queued):
                     var complete = Prism_V1_Complete()
                     complete.source = summary.source
-                    complete.decodeUs = micros(summary.decodeDuration)
-                    complete.queueUs = micros(queued)
-                    complete.totalUs = micros(clock.now - start)
-                    metrics.decodeDuration.record(duration: summary.decodeDuration)
+                    complete.decodeUs = summary.decodeDuration.microseconds
+                    complete.queueUs = queued.microseconds
+                    complete.totalUs = (clock.now - start).microseconds
+                    metrics.decodeDuration.recordNanoseconds(summary.decodeDuration.nanoseconds)
                     last = .complete(callID: callID, complete)
                     break loop
                 case .failed(let error):
@@ -297,7 +298,7 @@ final class ProcessorConnectionHandler: Sendable {
 
         // Count the call before its last frame goes out: whoever sees the answer sees the count.
         let duration = clock.now - start
-        metrics.callDuration.record(duration: duration)
+        metrics.callDuration.recordNanoseconds(duration.nanoseconds)
         switch ending.code {
         case .ok: metrics.callsSucceeded.increment()
         case .cancelled: metrics.callsCancelled.increment()
@@ -306,7 +307,7 @@ final class ProcessorConnectionHandler: Sendable {
         if let last { self.send(last) }
         logger.info("call finished", metadata: [
             "code": "\(ending.code.label)", "variants": "\(request.variants.count)",
-            "bytes_in": "\(request.source.count)", "ms": "\(micros(duration) / 1000)",
+            "bytes_in": "\(request.source.count)", "ms": "\(duration.microseconds / 1000)",
         ])
         self.finishCall(callID)
     }
@@ -359,11 +360,6 @@ final class ProcessorConnectionHandler: Sendable {
         try? await self.channel.writeAndFlush(Prism_V1_Frame.error(callID: 0, error)).get()
         try? await self.channel.close()
     }
-}
-
-private func micros(_ duration: Duration) -> UInt64 {
-    let (seconds, attoseconds) = duration.components
-    return UInt64(max(0, seconds * 1_000_000 + attoseconds / 1_000_000_000_000))
 }
 
 /// Compares secrets without an early exit, so response timing does not reveal a prefix.

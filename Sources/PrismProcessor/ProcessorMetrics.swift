@@ -1,6 +1,7 @@
 import CoreMetrics
 public import Prometheus
 import PrismProto
+import PrismWire
 
 /// The processor's metrics, created through swift-metrics on a factory the server owns (no
 /// global bootstrap: several servers can live in one process, as they do in tests).
@@ -13,6 +14,7 @@ final class ProcessorMetrics: Sendable {
     let queueWait: CoreMetrics.Timer
     let decodeDuration: CoreMetrics.Timer
     let variantDuration: CoreMetrics.Timer
+    let encodeDuration: CoreMetrics.Timer
     let jobsRunning: CoreMetrics.Meter
     let jobsQueued: CoreMetrics.Meter
     let jobsKilled: CoreMetrics.Counter
@@ -37,6 +39,7 @@ final class ProcessorMetrics: Sendable {
         self.queueWait = CoreMetrics.Timer(label: "prism_processor_queue_wait_seconds", factory: factory)
         self.decodeDuration = CoreMetrics.Timer(label: "prism_processor_decode_seconds", factory: factory)
         self.variantDuration = CoreMetrics.Timer(label: "prism_processor_variant_seconds", factory: factory)
+        self.encodeDuration = CoreMetrics.Timer(label: "prism_processor_encode_seconds", factory: factory)
         self.jobsRunning = CoreMetrics.Meter(label: "prism_processor_jobs_running", factory: factory)
         self.jobsQueued = CoreMetrics.Meter(label: "prism_processor_jobs_queued", factory: factory)
         self.jobsKilled = CoreMetrics.Counter(label: "prism_processor_computations_killed_total", factory: factory)
@@ -56,7 +59,7 @@ final class ProcessorMetrics: Sendable {
     /// Worker time spent on one job, by how it ended: the evidence that a cancelled or late
     /// job really stopped early.
     func jobFinished(outcome: String, duration: Duration) {
-        CoreMetrics.Timer(label: "prism_processor_job_seconds", dimensions: [("outcome", outcome)], factory: self.factory).record(duration: duration)
+        CoreMetrics.Timer(label: "prism_processor_job_seconds", dimensions: [("outcome", outcome)], factory: self.factory).recordNanoseconds(duration.nanoseconds)
     }
 
     func protocolError(_ reason: Prism_V1_Reason) {
@@ -84,11 +87,4 @@ private func snakeCase(_ name: String) -> String {
         }
     }
     return out
-}
-
-extension CoreMetrics.Timer {
-    func record(duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        self.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-    }
 }

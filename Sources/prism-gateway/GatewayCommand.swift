@@ -84,8 +84,8 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(help: "Cache-Control of stored images. (env PRISM_CACHE_CONTROL; default 'public, max-age=31536000, immutable')")
     var cacheControl: String?
 
-    @Flag(help: "Never split one upload's variants over several processors. (env PRISM_NO_SPLIT=true)")
-    var noSplit = false
+    @Option(help: "Spreading an upload's variants over processors: auto (over idle processors, one call under load), never, always. (env PRISM_SPLIT; default auto)")
+    var split: String?
 
     @Option(help: "Largest frame accepted from a processor (one encoded variant). (env PRISM_MAX_FRAME_SIZE; default 64m)")
     var maxFrameSize: ByteSizeSetting?
@@ -134,7 +134,11 @@ struct GatewayCommand: AsyncParsableCommand {
         try Settings.check(config.maxConcurrentUploads, in: 1...10_000, "--max-concurrent-uploads (PRISM_MAX_CONCURRENT_UPLOADS)")
         config.recipesFile = try settings.optional(self.recipes, env: "PRISM_RECIPES")
         config.cacheControl = try settings.value(self.cacheControl, env: "PRISM_CACHE_CONTROL", default: config.cacheControl)
-        config.splitVariants = try !settings.flag(self.noSplit, env: "PRISM_NO_SPLIT")
+        let split = try settings.value(self.split, env: "PRISM_SPLIT", default: "auto")
+        guard let policy = SplitPolicy(rawValue: split.lowercased()) else {
+            throw ValidationError("--split (PRISM_SPLIT) must be auto, never or always; got \(split).")
+        }
+        config.split = policy
 
         let publicBase = try settings.optional(self.publicBaseUrl, env: "PRISM_PUBLIC_BASE_URL")
         // Read whatever the storage: an image may set it for local use while S3 is configured.
@@ -184,7 +188,7 @@ struct GatewayCommand: AsyncParsableCommand {
             ("processor_token", config.processors.client.authToken == nil ? "none" : "set (hidden)"),
             ("api_keys", "\(config.apiKeys.count)"), ("max_upload_size", "\(config.maxUploadBytes)"),
             ("upload_timeout", "\(config.uploadTimeout)"), ("max_concurrent_uploads", "\(config.maxConcurrentUploads)"),
-            ("recipes", recipes.recipes.keys.sorted().joined(separator: ",")), ("split_variants", "\(config.splitVariants)"),
+            ("recipes", recipes.recipes.keys.sorted().joined(separator: ",")), ("split", config.split.rawValue),
         ]
         switch config.storage {
         case .local(let directory, let base): summary.append(("storage", "local \(directory) \(base ?? "")"))

@@ -51,15 +51,16 @@ struct RecipeTests {
     func planning() throws {
         let variants = RecipeBook.builtIn.variants
         let idle = [ProcessorLoad(address: "a", inFlight: 0, workers: 2), ProcessorLoad(address: "b", inFlight: 0, workers: 2)]
-        let split = VariantPlanner.groups(variants, loads: idle, split: true)
+        let split = VariantPlanner.groups(variants, loads: idle, split: .auto)
         #expect(split.count == 2)
         #expect(Set(split.flatMap { $0 }) == Set(variants.indices))
         // The 2048 px variant (index 3) is the most expensive: it gets a call of its own.
         #expect(split.contains([3]))
         let busy = [ProcessorLoad(address: "a", inFlight: 2, workers: 2), ProcessorLoad(address: "b", inFlight: 5, workers: 2)]
-        #expect(VariantPlanner.groups(variants, loads: busy, split: true) == [Array(variants.indices)])
-        #expect(VariantPlanner.groups(variants, loads: idle, split: false) == [Array(variants.indices)])
-        #expect(VariantPlanner.groups([variants[0]], loads: idle, split: true) == [[0]])
+        #expect(VariantPlanner.groups(variants, loads: busy, split: .auto) == [Array(variants.indices)])
+        #expect(VariantPlanner.groups(variants, loads: busy, split: .always).count == 2)
+        #expect(VariantPlanner.groups(variants, loads: idle, split: .never) == [Array(variants.indices)])
+        #expect(VariantPlanner.groups([variants[0]], loads: idle, split: .auto) == [[0]])
     }
 
     @Test("ids are UUIDv7, in time order; anything else is not an id")
