@@ -271,13 +271,6 @@ public final class ProcessorPool: Service, Sendable {
         }
     }
 
-    /// Connection states by processor address.
-    public func states() -> [String: String] {
-        self.state.withLock { state in
-            state.subchannels.mapValues { $0.phaseName }
-        }
-    }
-
     /// Recomputes the per-state connection gauges.
     func publishStates() {
         let phases = self.state.withLock { state in state.subchannels.values.map(\.phaseName) }

@@ -38,7 +38,6 @@ public final class Gateway: Sendable {
     let logger: Logger
     let coordinator: UploadCoordinator
     private let activeUploads = Mutex(0)
-    private let bound = Mutex<SocketAddress?>(nil)
 
     /// - Parameter recipes: the recipes, when already loaded; otherwise read from the
     ///   configuration's recipe file.
@@ -101,7 +100,6 @@ public final class Gateway: Sendable {
             server: DisconnectAwareHTTP1.builder,
             configuration: .init(address: .hostname(self.configuration.host, port: self.configuration.port), serverName: "prism-gateway"),
             onServerRunning: { channel in
-                self.bound.withLock { $0 = channel.localAddress }
                 do {
                     try await self.prepareStorage()
                 } catch {

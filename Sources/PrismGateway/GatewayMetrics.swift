@@ -16,11 +16,7 @@ final class GatewayMetrics: Sendable {
 
     init(registry: PrometheusCollectorRegistry) {
         var factory = PrometheusMetricsFactory(registry: registry)
-        factory.defaultDurationHistogramBuckets = [
-            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
-            .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5),
-            .seconds(10), .seconds(30), .seconds(60),
-        ]
+        factory.defaultDurationHistogramBuckets = MetricBuckets.latency
         self.registry = registry
         self.factory = factory
         self.uploadsInFlight = CoreMetrics.Meter(label: "prism_gateway_uploads_in_flight", factory: factory)

@@ -40,11 +40,6 @@ public struct Manifest: Codable, Sendable, Equatable {
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return (try? encoder.encode(self)) ?? Data()
     }
-
-    /// Every stored key of the upload, manifest last.
-    var keys: [String] {
-        [self.original.key] + self.variants.map(\.key) + [Self.key(id: self.id)]
-    }
 }
 
 /// Server-generated ids: UUIDv7 (RFC 9562), time-ordered so keys list in upload order.

@@ -32,10 +32,6 @@ public final class JobCancellation: Sendable {
         prism_cancel_set(self.state)
     }
 
-    public var isCancelled: Bool {
-        prism_cancel_should_stop(self.state) == 1
-    }
-
     /// The reason to stop now, if there is one.
     var stopError: ImagingError? {
         switch prism_cancel_should_stop(self.state) {

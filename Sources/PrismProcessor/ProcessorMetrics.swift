@@ -25,11 +25,7 @@ final class ProcessorMetrics: Sendable {
 
     init(registry: PrometheusCollectorRegistry) {
         var factory = PrometheusMetricsFactory(registry: registry)
-        factory.defaultDurationHistogramBuckets = [
-            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
-            .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5),
-            .seconds(10), .seconds(30), .seconds(60),
-        ]
+        factory.defaultDurationHistogramBuckets = MetricBuckets.latency
         self.factory = factory
         self.registry = registry
         self.callsStarted = CoreMetrics.Counter(label: "prism_processor_calls_started_total", factory: factory)

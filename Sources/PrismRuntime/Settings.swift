@@ -29,19 +29,8 @@ public final class Settings: Sendable {
         }.sorted()
     }
 
-    /// Marks variables as known without reading them here (read by a script or another layer).
-    public func acknowledge(_ names: String...) {
-        self.consulted.withLock { $0.formUnion(names) }
-    }
-
     public func value<T: SettingValue>(_ flag: T?, env name: String, default fallback: T) throws -> T {
-        self.consulted.withLock { _ = $0.insert(name) }
-        if let flag { return flag }
-        guard let raw = self.environment[name], !raw.isEmpty else { return fallback }
-        guard let value = T(setting: raw) else {
-            throw ValidationError("\(name)=\(raw) is not valid: expected \(T.settingDescription).")
-        }
-        return value
+        try self.optional(flag, env: name) ?? fallback
     }
 
     public func optional<T: SettingValue>(_ flag: T?, env name: String) throws -> T? {

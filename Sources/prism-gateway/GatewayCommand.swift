@@ -201,6 +201,7 @@ struct GatewayCommand: AsyncParsableCommand {
         groupConfig.gracefulShutdownSignals = [.sigterm, .sigint]
         groupConfig.maximumGracefulShutdownDuration = drain
         try await ServiceGroup(configuration: groupConfig).run()
+        logger.info("gateway stopped")
     }
 
     static func endpoints(_ list: String, _ what: String) throws -> [ProcessorPoolConfiguration.Endpoint] {
