@@ -80,6 +80,16 @@ struct RouteTests {
         }
     }
 
+    @Test("past the concurrent-upload limit the answer is 429 with Retry-After")
+    func overloaded() async throws {
+        try await self.withGateway({ $0.maxConcurrentUploads = 0 }) { client in
+            try await client.execute(uri: "/v1/images", method: .post, headers: [.contentType: "image/jpeg"], body: ByteBuffer(string: "x")) { response in
+                #expect(response.status == .tooManyRequests)
+                #expect(response.headers[.retryAfter] == "1")
+            }
+        }
+    }
+
     @Test("keys are required on /v1 only, compared exactly")
     func keys() async throws {
         try await self.withGateway({ $0.apiKeys = ["secret-1"] }) { client in

@@ -34,6 +34,8 @@ final class SeaweedFixture: @unchecked Sendable {
             "-volume.port=\(ports[2])", "-volume.port.grpc=\(ports[3])",
             "-filer.port=\(ports[4])", "-filer.port.grpc=\(ports[5])",
             "-s3", "-s3.port=\(ports[6])", "-s3.port.grpc=\(ports[7])", "-s3.config=\(config.path)",
+            // Off: their fixed default ports would clash between two SeaweedFS instances.
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-volume.max=0", "-master.volumeSizeLimitMB=64",
         ]
         FileManager.default.createFile(atPath: self.directory.appendingPathComponent("weed.log").path, contents: nil)

@@ -196,6 +196,8 @@ class Seaweed(Service):
                 f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}",
                 f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
                 "-s3", f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}", f"-s3.config={config}",
+                # Off: their fixed default ports would clash between two SeaweedFS instances.
+                "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-volume.max=0", "-master.volumeSizeLimitMB=64"]
         super().__init__("seaweedfs", args, log_dir)
         wait_until(self._answers, 60, 0.1, "SeaweedFS S3 to answer")
