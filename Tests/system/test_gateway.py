@@ -313,3 +313,23 @@ def test_a_client_that_disconnects_leaves_no_work_running_and_nothing_stored(ser
     wait_until(lambda: processors_metric(processors, "prism_processor_calls_cancelled_total") == 1, 5, message="the cancel to be counted")
     wait_until(lambda: metric_value(gateway.metrics(), "prism_gateway_uploads_cancelled_total") == 1, 5, message="the gateway to count it")
     wait_until(lambda: gateway.stored_files() == [], 5, message="the store to be clean")
+
+
+def test_storage_failure_answers_503_and_stops_the_processors(services):
+    from conftest import free_port
+    processors = [services.processor()]
+    dead = f"http://127.0.0.1:{free_port()}"
+    gateway = services.gateway(processors, "--recipes", RECIPES, "--storage", "s3", "--s3-endpoint", dead,
+                               "--s3-bucket", "nowhere", env={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"})
+    gateway.wait_processors(1)
+    start = time.monotonic()
+    response = gateway.upload(edge("large-19mp.jpg"), recipe="slow")
+    assert response.status_code == 503, response.text
+    assert time.monotonic() - start < 3
+    problem = response.json()
+    assert problem["type"].endswith("/storage-unavailable")
+    assert int(response.headers["Retry-After"]) >= 1
+    assert "127.0.0.1" not in response.text and "nowhere" not in response.text
+    # The variant being made when the store failed was cancelled, not finished for nothing.
+    wait_until(lambda: processors[0].metric("prism_processor_calls_cancelled_total") == 1, 10, message="the call to be cancelled")
+    wait_until(lambda: processors[0].metric("prism_processor_jobs_running") == 0, 10, message="the job to stop")
