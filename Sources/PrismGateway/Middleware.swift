@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import Logging
+import PrismWire
 
 /// Gives every request an id (the client's X-Request-Id when it is sane), echoes it in the
 /// answer, puts it on every log line and in every processor call.
@@ -82,19 +83,31 @@ struct APIKeyMiddleware: RouterMiddleware {
     }
 }
 
-/// Counts requests by route and status and times them.
+/// Counts requests by route and status, times them, and writes one access-log line each.
 struct MetricsMiddleware: RouterMiddleware {
     typealias Context = GatewayContext
     let metrics: GatewayMetrics
 
     func handle(_ request: Request, context: GatewayContext, next: (Request, GatewayContext) async throws -> Response) async throws -> Response {
         let start = ContinuousClock.now
+        var status = 500
+        defer {
+            let duration = ContinuousClock.now - start
+            let route = context.endpointPath ?? "unmatched"
+            self.metrics.request(route: route, method: request.method.rawValue, status: status, duration: duration)
+            // Scrapes and probes are frequent and say nothing: debug only.
+            let level: Logger.Level = route == "/metrics" || route == "/healthz" || route == "/readyz" ? .debug : .info
+            context.logger.log(level: level, "request", metadata: [
+                "method": "\(request.method)", "path": "\(request.uri.path)", "status": "\(status)",
+                "ms": "\(duration.nanoseconds / 1_000_000)",
+            ])
+        }
         do {
             let response = try await next(request, context)
-            self.metrics.request(route: context.endpointPath ?? "unmatched", method: request.method.rawValue, status: Int(response.status.code), duration: .now - start)
+            status = Int(response.status.code)
             return response
         } catch let error as GatewayError {
-            self.metrics.request(route: context.endpointPath ?? "unmatched", method: request.method.rawValue, status: Int(error.status.code), duration: .now - start)
+            status = Int(error.status.code)
             throw error
         }
     }

@@ -333,3 +333,19 @@ def test_storage_failure_answers_503_and_stops_the_processors(services):
     # The variant being made when the store failed was cancelled, not finished for nothing.
     wait_until(lambda: processors[0].metric("prism_processor_calls_cancelled_total") == 1, 10, message="the call to be cancelled")
     wait_until(lambda: processors[0].metric("prism_processor_jobs_running") == 0, 10, message="the job to stop")
+
+
+def test_an_upload_past_its_deadline_is_504_and_leaves_nothing(services):
+    processors = [services.processor()]
+    gateway = services.gateway(processors, "--recipes", RECIPES, "--upload-timeout", "1s")
+    gateway.wait_processors(1)
+    start = time.monotonic()
+    response = gateway.upload(edge("large-19mp.jpg"), recipe="slow")
+    took = time.monotonic() - start
+    assert response.status_code == 504, response.text
+    assert response.json()["type"].endswith("/deadline-exceeded")
+    assert took < 3, f"answered after {took:.1f}s"
+    # The processor stopped at the same deadline (it travelled in the call).
+    wait_until(lambda: processors[0].metric("prism_processor_jobs_running") == 0, 10, message="the job to stop")
+    assert processors[0].metric("prism_processor_job_seconds_sum", 'outcome="deadline"') < 2
+    assert gateway.stored_files() == []
