@@ -65,7 +65,7 @@ struct UploadCoordinator: Sendable {
         logger.debug("upload planned", metadata: ["calls": "\(groups.count)", "variants": "\(recipe.variants.count)"])
 
         enum Part: Sendable {
-            case original(etag: String, sha256: String)
+            case original(sha256: String)
             case call(ProcessResult, [Int], [Int: String])
         }
         let dispatched = clock.now
@@ -75,9 +75,9 @@ struct UploadCoordinator: Sendable {
                 let sha256 = Digest.sha256Hex(source)
                 written.add(originalKey)
                 let stored = clock.now
-                let etag = try await self.store.put(key: originalKey, body: source, contentType: contentType(forKey: originalKey), cacheControl: cacheControl)
+                _ = try await self.store.put(key: originalKey, body: source, contentType: contentType(forKey: originalKey), cacheControl: cacheControl)
                 self.metrics.stored(bytes: source.count, duration: clock.now - stored)
-                return .original(etag: etag, sha256: sha256)
+                return .original(sha256: sha256)
             }
             for members in groups {
                 group.addTask {
@@ -108,7 +108,7 @@ struct UploadCoordinator: Sendable {
         var variants = [Manifest.Variant?](repeating: nil, count: recipe.variants.count)
         for part in parts {
             switch part {
-            case .original(_, let sha256):
+            case .original(let sha256):
                 originalSHA256 = sha256
             case .call(let result, let members, let etags):
                 sourceInfo = result.source
