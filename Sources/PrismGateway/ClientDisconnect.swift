@@ -3,39 +3,80 @@ import HummingbirdCore
 import Logging
 import NIOCore
 
-/// HTTP/1.1 as Hummingbird serves it, plus one handler at the front of each connection's
-/// pipeline that closes the connection as soon as the client's side ends.
+/// HTTP/1.1 as Hummingbird serves it, guarded against clients that are gone, slow or too many.
 ///
-/// Hummingbird keeps half-closed connections open (and NIO's HTTP pipelining handler holds the
-/// end-of-input event back until the response is written), so an upload would never learn that
-/// its client left. Like nginx and Go's net/http, Prism treats the end of the client's stream as
-/// the client leaving: the connection closes, the upload's task is cancelled, its processor calls
-/// get Cancel frames and what it stored is removed.
+/// - At the front of each connection's pipeline, `ClientGoneHandler` closes the connection as
+///   soon as the client's side ends. Hummingbird keeps half-closed connections open (and NIO's
+///   HTTP pipelining handler holds the end-of-input event back until the response is written),
+///   so an upload would never learn that its client left. Like nginx and Go's net/http, Prism
+///   treats the end of the client's stream as the client leaving: the connection closes, the
+///   upload's task is cancelled, its processor calls get Cancel frames and what it stored is
+///   removed.
+/// - After the HTTP codec, `RequestTimeoutHandler` bounds the time a request may take to
+///   arrive (header, body gaps, whole body) and answers parse errors as problem+json.
+/// - Past `maxConnections` open connections, a new one is answered 503 and closed at once.
 struct DisconnectAwareHTTP1: ServerChildChannel {
     let http1: HTTP1Channel
+    let limits: HTTPServerLimits
+    let limiter: ConnectionLimiter
+    let metrics: GatewayMetrics
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<HTTP1Channel.Value> {
+        guard self.limiter.acquire() else {
+            self.metrics.refused(reason: "too-many-connections", status: 503)
+            return channel.eventLoop.makeCompletedFuture {
+                var buffer = ByteBuffer()
+                let body = GatewayError(.serviceUnavailable, "too-many-connections", "Too many connections",
+                    detail: "This server has as many open connections as it allows; retry shortly.", retryAfter: 1).jsonBody(instance: nil)
+                buffer.writeString("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: \(body.readableBytes)\r\n\r\n")
+                buffer.writeImmutableBuffer(body)
+                channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+                throw ChannelError.inputClosed
+            }
+        }
+        let limiter = self.limiter
+        channel.closeFuture.whenComplete { _ in limiter.release() }
+        let activity = ConnectionActivity()
         do {
-            try channel.pipeline.syncOperations.addHandler(ClientGoneHandler(), position: .first)
+            try channel.pipeline.syncOperations.addHandler(ClientGoneHandler(activity: activity), position: .first)
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }
-        return self.http1.setup(channel: channel, logger: logger)
+        let timeouts = RequestTimeoutHandler(limits: self.limits, activity: activity, metrics: self.metrics, logger: logger)
+        // HTTP1Channel sets its pipeline up synchronously on the event loop; the guard goes in
+        // right after the HTTP codec (before Hummingbird's own state handler) in the same tick,
+        // before any byte is read.
+        return self.http1.setup(channel: channel, logger: logger).flatMapThrowing { value in
+            let state = try channel.pipeline.syncOperations.handler(type: HTTPConnectionStateHandler.self)
+            try channel.pipeline.syncOperations.addHandler(timeouts, position: .before(state))
+            return value
+        }
     }
 
     func handle(value: HTTP1Channel.Value, logger: Logger) async {
         await self.http1.handle(value: value, logger: logger)
     }
 
-    static var builder: HTTPServerBuilder {
-        HTTPServerBuilder { responder in
-            DisconnectAwareHTTP1(http1: HTTP1Channel(responder: responder))
+    static func builder(limits: HTTPServerLimits, metrics: GatewayMetrics) -> HTTPServerBuilder {
+        let limiter = ConnectionLimiter(limit: limits.maxConnections)
+        return HTTPServerBuilder { responder in
+            DisconnectAwareHTTP1(http1: HTTP1Channel(responder: responder), limits: limits, limiter: limiter, metrics: metrics)
         }
     }
 }
 
 final class ClientGoneHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
+    private let activity: ConnectionActivity
+
+    init(activity: ConnectionActivity) {
+        self.activity = activity
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.activity.bytesSinceIdle = true
+        context.fireChannelRead(data)
+    }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {

@@ -37,7 +37,10 @@ public final class Gateway: Sendable {
     let metrics: GatewayMetrics
     let logger: Logger
     let coordinator: UploadCoordinator
+    /// Uploads past their body and being processed (bounded by `maxConcurrentUploads`).
     private let activeUploads = Mutex(0)
+    /// Bytes of upload bodies held in memory, received or being processed.
+    let bodyBudget: ByteBudget
 
     /// - Parameter recipes: the recipes, when already loaded; otherwise read from the
     ///   configuration's recipe file.
@@ -63,6 +66,12 @@ public final class Gateway: Sendable {
             self.store = try S3Store(configuration: s3, curl: curl)
         }
         self.coordinator = UploadCoordinator(pool: self.pool, store: self.store, configuration: configuration, metrics: self.metrics)
+        self.bodyBudget = ByteBudget(limit: configuration.maxUploadMemory)
+    }
+
+    /// The sweeper over this gateway's store, with the configured grace period.
+    public var sweeper: Sweeper {
+        Sweeper(store: self.store, grace: self.configuration.sweepGrace, logger: self.logger)
     }
 
     /// Creates the S3 bucket when configured to; call once the curl driver runs.
@@ -72,11 +81,20 @@ public final class Gateway: Sendable {
         }
     }
 
+    /// What storage needs running (the curl thread for S3), for tools that only use the store.
+    public func storageServices() -> [any Service] {
+        self.curl.map { [$0] } ?? []
+    }
+
     /// The services to run, in order: curl thread (S3 only), processor pool, HTTP server.
     public func services(onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }) -> [any Service] {
         var services: [any Service] = []
         if let curl = self.curl { services.append(curl) }
         services.append(self.pool)
+        services.append(self.coordinator.cleanup)
+        if let interval = self.configuration.sweepInterval {
+            services.append(SweepService(sweeper: self.sweeper, interval: interval))
+        }
         services.append(self.application(onServerRunning: onServerRunning))
         return services
     }
@@ -84,8 +102,10 @@ public final class Gateway: Sendable {
     func application(onServerRunning: @escaping @Sendable (any Channel) async -> Void) -> some ApplicationProtocol {
         let router = Router(context: GatewayContext.self)
         router.add(middleware: RequestIDMiddleware())
-        router.add(middleware: ProblemMiddleware(logger: self.logger))
+        // Metrics outside Problem: every failure has become a GatewayError with its real status
+        // (404, 405, 408, 499...) by the time it is counted and logged.
         router.add(middleware: MetricsMiddleware(metrics: self.metrics))
+        router.add(middleware: ProblemMiddleware(logger: self.logger))
         self.addOperationalRoutes(router)
         if case .local = self.configuration.storage, let local = self.store as? LocalDiskStore {
             self.addFileRoutes(router, store: local)
@@ -97,7 +117,7 @@ public final class Gateway: Sendable {
         self.addImageRoutes(v1)
         return Application(
             router: router,
-            server: DisconnectAwareHTTP1.builder,
+            server: DisconnectAwareHTTP1.builder(limits: self.configuration.http, metrics: self.metrics),
             configuration: .init(address: .hostname(self.configuration.host, port: self.configuration.port), serverName: "prism-gateway"),
             onServerRunning: { channel in
                 do {
@@ -127,10 +147,18 @@ public final class Gateway: Sendable {
         }
         v1.delete("images/:id") { request, context -> Response in
             let id = try self.imageID(context)
+            if self.coordinator.inProgress.contains(id) {
+                throw GatewayError(.conflict, "upload-in-progress", "Upload in progress",
+                    detail: "Image \(id) is still being uploaded; delete it once its upload has answered.")
+            }
             let keys = try await self.storeCall { try await self.store.list(prefix: "images/\(id)/") }
-            guard !keys.isEmpty else { throw GatewayError.notFound("No image with id \(id).") }
-            // The manifest goes first: the image stops existing before its files do.
+            // An image exists once its manifest does (the commit point). Objects without one
+            // belong to an upload still running (on this or another gateway) or to one that
+            // failed; the sweeper removes the latter. Deleting them here would let a running
+            // upload commit a manifest whose files are gone.
             let manifest = Manifest.key(id: id)
+            guard keys.contains(manifest) else { throw GatewayError.notFound("No image with id \(id).") }
+            // The manifest goes first: the image stops existing before its files do.
             try await self.storeCall { try await self.store.delete(keys: keys.filter { $0 == manifest }) }
             try await self.storeCall { try await self.store.delete(keys: keys.filter { $0 != manifest }) }
             context.logger.info("image deleted", metadata: ["image_id": "\(id)", "objects": "\(keys.count)"])
@@ -161,9 +189,17 @@ public final class Gateway: Sendable {
 
     private func addFileRoutes(_ router: Router<GatewayContext>, store: LocalDiskStore) {
         let cacheControl = self.configuration.cacheControl
+        let keys = self.configuration.apiKeys.isEmpty ? nil : APIKeyMiddleware(keys: self.configuration.apiKeys)
         router.get("files/**") { request, context -> Response in
-            let key = context.parameters.getCatchAll().joined(separator: "/")
-            guard let url = store.fileURL(for: key), let data = try await store.get(key: key) else {
+            let parts = context.parameters.getCatchAll()
+            let key = parts.joined(separator: "/")
+            // With API keys on, originals (EXIF, GPS) and manifests need a key; variants stay
+            // public, as a CDN in front expects.
+            if let keys, parts.count == 3, parts[2].hasPrefix("original.") || parts[2] == "manifest.json", !keys.authorized(request) {
+                throw GatewayError.unauthorized
+            }
+            // Files being written are temporaries named ".name.uuid.tmp": never served.
+            guard !parts.contains(where: { $0.hasPrefix(".") }), let url = store.fileURL(for: key), let data = try await store.get(key: key) else {
                 throw GatewayError.notFound("No such file.")
             }
             let attributes = try? FileManager.default.attributesOfItem(atPath: url.path)
@@ -190,6 +226,16 @@ public final class Gateway: Sendable {
             let known = self.recipes.recipes.keys.sorted().joined(separator: ", ")
             throw GatewayError.badRequest("There is no recipe named '\(recipeName)'; known recipes: \(known).")
         }
+        // The body first, counted in bytes against the memory budget as it arrives: a client
+        // that trickles holds only what it has sent, never a slot that fast clients need.
+        let clock = ContinuousClock()
+        let receiving = clock.now
+        let lease = self.bodyBudget.lease()
+        defer { lease.release() }
+        let source = try await UploadBody.read(request, limit: self.configuration.maxUploadBytes, lease: lease)
+        self.metrics.stage("receive", clock.now - receiving)
+
+        // Then a processing slot: only uploads whose whole body is here compete for these.
         let admitted = self.activeUploads.withLock { count -> Bool in
             guard count < self.configuration.maxConcurrentUploads else { return false }
             count += 1
@@ -201,11 +247,6 @@ public final class Gateway: Sendable {
             self.activeUploads.withLock { $0 -= 1 }
             self.metrics.uploadsInFlight.decrement()
         }
-
-        let clock = ContinuousClock()
-        let receiving = clock.now
-        let source = try await UploadBody.read(request, limit: self.configuration.maxUploadBytes)
-        self.metrics.stage("receive", clock.now - receiving)
 
         let manifest = try await self.cancelledIfClientLeaves(context.channel, logger: context.logger) {
             try await self.coordinator.upload(source, recipe: recipe, requestID: context.requestID, logger: context.logger)

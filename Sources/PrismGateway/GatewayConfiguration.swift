@@ -11,8 +11,21 @@ public struct GatewayConfiguration: Sendable {
     /// Time for one upload from the end of its body to its answer: processing, storing,
     /// manifest. The remaining budget travels in every processor call.
     public var uploadTimeout: Duration = .seconds(30)
-    /// Uploads processed at once; more get 429 with Retry-After.
+    /// Time a failed upload's cleanup may take before the answer goes out; what is left is
+    /// retried in the background.
+    public var cleanupTimeout: Duration = .seconds(3)
+    /// The sweeper removes objects of uploads without a manifest once their id is this old.
+    public var sweepGrace: Duration = .seconds(3600)
+    /// How often the gateway sweeps by itself; nil: never (run `prism-gateway sweep` instead).
+    public var sweepInterval: Duration? = nil
+    /// Uploads processed at once (counted once their body has arrived); more get 429 with
+    /// Retry-After.
     public var maxConcurrentUploads: Int = 32
+    /// Bytes of upload bodies held in memory at once, counted as they arrive; a body that would
+    /// go past it is answered 503 with Retry-After.
+    public var maxUploadMemory: Int = 256 << 20
+    /// Time limits on reading requests, and the connection cap.
+    public var http = HTTPServerLimits()
     /// Bearer keys; when not empty every /v1 route requires one.
     public var apiKeys: [String] = []
     /// A JSON recipe file (see docs/configuration.md); nil for the built-in default recipe only.

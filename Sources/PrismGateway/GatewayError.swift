@@ -16,6 +16,10 @@ public struct GatewayError: Error, HTTPResponseError, Sendable {
     public var retryAfterSeconds: Int?
     /// The variant concerned, when one is.
     public var variant: String?
+    /// The connection cannot be reused after this answer (the request was not read whole).
+    public var closeConnection = false
+    /// `Allow` for a 405.
+    public var allow: String?
 
     public init(_ status: HTTPResponse.Status, _ kind: String, _ title: String, detail: String, retryAfter: Int? = nil, variant: String? = nil) {
         self.status = status
@@ -27,19 +31,26 @@ public struct GatewayError: Error, HTTPResponseError, Sendable {
     }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var headers: HTTPFields = [.contentType: "application/problem+json"]
+        if let retry = self.retryAfterSeconds { headers[.retryAfter] = "\(retry)" }
+        if self.status == .unauthorized { headers[.wwwAuthenticate] = "Bearer realm=\"prism\"" }
+        if self.closeConnection { headers[.connection] = "close" }
+        if let allow = self.allow { headers[.allow] = allow }
+        return Response(status: self.status, headers: headers, body: .init(byteBuffer: self.jsonBody(instance: request.uri.path)))
+    }
+
+    /// The RFC 9457 document.
+    func jsonBody(instance: String?) -> ByteBuffer {
         var body: [String: Any] = [
             "type": "https://prism.dev/problems/\(self.kind)",
             "title": self.title,
             "status": Int(self.status.code),
             "detail": self.detail,
-            "instance": request.uri.path,
         ]
+        if let instance { body["instance"] = instance }
         if let variant = self.variant { body["variant"] = variant }
-        var headers: HTTPFields = [.contentType: "application/problem+json"]
-        if let retry = self.retryAfterSeconds { headers[.retryAfter] = "\(retry)" }
-        if self.status == .unauthorized { headers[.wwwAuthenticate] = "Bearer realm=\"prism\"" }
         let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
-        return Response(status: self.status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return ByteBuffer(bytes: data)
     }
 
     // MARK: The errors the API answers
@@ -66,6 +77,9 @@ public struct GatewayError: Error, HTTPResponseError, Sendable {
 
     static let overloaded = GatewayError(.tooManyRequests, "too-many-uploads", "Too many uploads at once",
         detail: "This gateway is processing as many uploads as it allows; retry shortly.", retryAfter: 1)
+
+    static let memoryBusy = GatewayError(.serviceUnavailable, "uploads-busy", "Too many upload bytes at once",
+        detail: "This gateway is receiving as many upload bytes as it holds at once; retry shortly.", retryAfter: 1)
 
     static let noProcessors = GatewayError(.serviceUnavailable, "no-processors", "No image processors available",
         detail: "No image processor is reachable right now; retry shortly.", retryAfter: 2)

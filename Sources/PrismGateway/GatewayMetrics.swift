@@ -41,6 +41,12 @@ final class GatewayMetrics: Sendable {
             .recordNanoseconds(duration.nanoseconds)
     }
 
+    /// A request answered by the connection guard before it reached a route (timeouts, parse
+    /// errors, too many connections).
+    func refused(reason: String, status: Int) {
+        CoreMetrics.Counter(label: "prism_gateway_requests_refused_total", dimensions: [("reason", reason), ("status", "\(status)")], factory: self.factory).increment()
+    }
+
     func stored(bytes: Int, duration: Duration) {
         self.bytesStored.increment(by: Int64(bytes))
         self.storeTimer.recordNanoseconds(duration.nanoseconds)

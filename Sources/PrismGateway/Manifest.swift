@@ -57,6 +57,14 @@ enum UploadID {
     }
 
     /// True for the shape `make()` produces; anything else never reaches the store.
+    /// When a valid id was made: UUIDv7 starts with 48 bits of Unix milliseconds.
+    static func creationDate(_ id: String) -> Date? {
+        guard self.isValid(id) else { return nil }
+        let hex = id.replacingOccurrences(of: "-", with: "").prefix(12)
+        guard let millis = UInt64(hex, radix: 16) else { return nil }
+        return Date(timeIntervalSince1970: Double(millis) / 1000)
+    }
+
     static func isValid(_ text: String) -> Bool {
         let pattern = Array("xxxxxxxx-xxxx-7xxx-xxxx-xxxxxxxxxxxx".utf8)
         let bytes = Array(text.utf8)

@@ -38,6 +38,12 @@ struct ProblemMiddleware: RouterMiddleware {
         } catch let error as HTTPError {
             switch error.status {
             case .notFound:
+                if let allowed = Self.allowedMethods(request.uri.path) {
+                    var problem = GatewayError(.methodNotAllowed, "method-not-allowed", "Method not allowed",
+                        detail: "\(request.method) is not allowed on \(request.uri.path); use \(allowed).")
+                    problem.allow = allowed
+                    throw problem
+                }
                 throw GatewayError.notFound("No route for \(request.method) \(request.uri.path).")
             case .methodNotAllowed:
                 throw GatewayError(.methodNotAllowed, "method-not-allowed", "Method not allowed", detail: "\(request.method) is not allowed on \(request.uri.path).")
@@ -46,11 +52,34 @@ struct ProblemMiddleware: RouterMiddleware {
             default:
                 throw GatewayError(error.status, "http-\(error.status.code)", error.status.reasonPhrase, detail: error.status.reasonPhrase)
             }
+        } catch let error as RequestReadTimeout {
+            throw error.problem
         } catch is CancellationError {
             throw GatewayError(.init(code: 499, reasonPhrase: "Client Closed Request"), "client-closed", "Client closed the request", detail: "The client went away; nothing was kept.")
         } catch {
             context.logger.error("request failed", metadata: ["error": "\(error)"])
             throw GatewayError.internalError
+        }
+    }
+}
+
+extension ProblemMiddleware {
+    /// The methods a known path answers, for 405's `Allow`; nil for a path no route serves.
+    static func allowedMethods(_ path: String) -> String? {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: true)
+        switch parts.count {
+        case 1 where ["healthz", "readyz", "metrics"].contains(parts[0]):
+            return "GET"
+        case 2 where parts[0] == "v1" && parts[1] == "images":
+            return "POST"
+        case 2 where parts[0] == "v1" && parts[1] == "recipes":
+            return "GET"
+        case 3 where parts[0] == "v1" && parts[1] == "images":
+            return "GET, DELETE"
+        case 2... where parts[0] == "files":
+            return "GET"
+        default:
+            return nil
         }
     }
 }
@@ -65,8 +94,14 @@ struct APIKeyMiddleware: RouterMiddleware {
     }
 
     func handle(_ request: Request, context: GatewayContext, next: (Request, GatewayContext) async throws -> Response) async throws -> Response {
+        guard self.authorized(request) else { throw GatewayError.unauthorized }
+        return try await next(request, context)
+    }
+
+    /// True when the request carries one of the keys.
+    func authorized(_ request: Request) -> Bool {
         guard let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") else {
-            throw GatewayError.unauthorized
+            return false
         }
         let offered = Array(header.dropFirst(7).trimmingCharacters(in: .whitespaces).utf8)
         // Compare against every key without stopping early: timing reveals nothing.
@@ -78,8 +113,7 @@ struct APIKeyMiddleware: RouterMiddleware {
             }
             match = match || difference == 0
         }
-        guard match else { throw GatewayError.unauthorized }
-        return try await next(request, context)
+        return match
     }
 }
 
@@ -92,6 +126,7 @@ struct MetricsMiddleware: RouterMiddleware {
         let start = ContinuousClock.now
         var status = 500
         defer {
+            // 499 as nginx logs it: the client left before the answer.
             let duration = ContinuousClock.now - start
             let route = context.endpointPath ?? "unmatched"
             self.metrics.request(route: route, method: request.method.rawValue, status: status, duration: duration)
@@ -109,6 +144,9 @@ struct MetricsMiddleware: RouterMiddleware {
         } catch let error as GatewayError {
             status = Int(error.status.code)
             throw error
+        } catch is CancellationError {
+            status = 499
+            throw CancellationError()
         }
     }
 }

@@ -7,11 +7,13 @@ import NIOCore
 /// streams in, or a raw `image/*` (or application/octet-stream) body. Never holds more than
 /// `limit` bytes; past that it answers 413 without reading the rest.
 enum UploadBody {
-    static func read(_ request: Request, limit: Int) async throws -> Data {
+    static func read(_ request: Request, limit: Int, lease: ByteBudget.Lease) async throws -> Data {
         do {
-            return try await self.readBody(request, limit: limit)
+            return try await self.readBody(request, limit: limit, lease: lease)
         } catch let error as GatewayError {
             throw error
+        } catch let error as RequestReadTimeout {
+            throw error.problem
         } catch is CancellationError {
             throw CancellationError()
         } catch {
@@ -20,7 +22,7 @@ enum UploadBody {
         }
     }
 
-    private static func readBody(_ request: Request, limit: Int) async throws -> Data {
+    private static func readBody(_ request: Request, limit: Int, lease: ByteBudget.Lease) async throws -> Data {
         if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limit {
             throw GatewayError.tooLarge(limit: limit)
         }
@@ -30,7 +32,7 @@ enum UploadBody {
             guard let boundary = parameter("boundary", in: contentType), !boundary.isEmpty, boundary.utf8.count <= 200 else {
                 throw GatewayError.badRequest("multipart/form-data needs a boundary parameter in Content-Type.")
             }
-            return try await self.multipartFile(request.body, boundary: boundary, limit: limit)
+            return try await self.multipartFile(request.body, boundary: boundary, limit: limit, lease: lease)
         }
         if mediaType.hasPrefix("image/") || mediaType == "application/octet-stream" {
             // Straight into the Data that travels on: one copy of the bytes, sized up front when
@@ -39,6 +41,7 @@ enum UploadBody {
             if let length = request.headers[.contentLength].flatMap({ Int($0) }) { data.reserveCapacity(length) }
             for try await chunk in request.body {
                 guard data.count + chunk.readableBytes <= limit else { throw GatewayError.tooLarge(limit: limit) }
+                try lease.grow(by: chunk.readableBytes)
                 data.append(contentsOf: chunk.readableBytesView)
             }
             guard !data.isEmpty else { throw GatewayError.badRequest("The request body is empty; send the image bytes.") }
@@ -50,7 +53,7 @@ enum UploadBody {
     }
 
     /// Streams the body through multipart-kit's parser and keeps only the `file` part.
-    private static func multipartFile(_ body: RequestBody, boundary: String, limit: Int) async throws -> Data {
+    private static func multipartFile(_ body: RequestBody, boundary: String, limit: Int, lease: ByteBudget.Lease) async throws -> Data {
         let parser = MultipartParser(boundary: boundary)
         final class Collector {
             var inPart = false
@@ -82,9 +85,12 @@ enum UploadBody {
             for try await chunk in body {
                 received += chunk.readableBytes
                 guard received <= limit else { throw GatewayError.tooLarge(limit: limit) }
+                try lease.grow(by: chunk.readableBytes)
                 try parser.execute(chunk)
             }
         } catch let error as GatewayError {
+            throw error
+        } catch let error as RequestReadTimeout {
             throw error
         } catch is CancellationError {
             throw CancellationError()

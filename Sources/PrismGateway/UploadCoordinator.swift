@@ -14,11 +14,28 @@ import Synchronization
 /// On the first failure every call still running is cancelled (the processors receive Cancel
 /// frames and stop), everything already written is deleted, and one error is answered. The
 /// manifest is written last: it is the commit point.
+///
+/// It owns the upload's one deadline, storage included: when it passes, whatever is running
+/// (processor calls, S3 transfers) is cancelled and the upload answers 504. Cleanup gets a short
+/// budget of its own; what it cannot remove is handed to `cleanup`, which retries, and the
+/// sweeper removes anything older that still has no manifest.
 struct UploadCoordinator: Sendable {
     let pool: ProcessorPool
     let store: any ObjectStore
     let configuration: GatewayConfiguration
     let metrics: GatewayMetrics
+    /// Ids of uploads running on this gateway (DELETE of one answers 409).
+    let inProgress = IDSet()
+    /// Objects whose removal failed, retried in the background.
+    let cleanup: PendingCleanup
+
+    init(pool: ProcessorPool, store: any ObjectStore, configuration: GatewayConfiguration, metrics: GatewayMetrics) {
+        self.pool = pool
+        self.store = store
+        self.configuration = configuration
+        self.metrics = metrics
+        self.cleanup = PendingCleanup(store: store)
+    }
 
     func upload(_ source: Data, recipe: Recipe, requestID: String, logger: Logger) async throws -> Manifest {
         let clock = ContinuousClock()
@@ -28,9 +45,14 @@ struct UploadCoordinator: Sendable {
         let written = WrittenKeys()
         var logger = logger
         logger[metadataKey: "image_id"] = "\(id)"
+        self.inProgress.insert(id)
+        defer { self.inProgress.remove(id) }
 
         do {
-            let manifest = try await self.make(source, recipe: recipe, id: id, requestID: requestID, deadline: deadline, written: written, logger: logger)
+            let log = logger
+            let manifest = try await withDeadline(deadline) {
+                try await self.make(source, recipe: recipe, id: id, requestID: requestID, deadline: deadline, written: written, logger: log)
+            }
             self.metrics.stage("total", clock.now - start)
             return manifest
         } catch {
@@ -40,12 +62,15 @@ struct UploadCoordinator: Sendable {
             if !keys.isEmpty {
                 do {
                     // A task of its own: the upload's task may be cancelled (client gone), and a
-                    // cancelled task's I/O is refused; the cleanup must happen regardless.
+                    // cancelled task's I/O is refused; the cleanup must happen regardless. It has
+                    // a short budget of its own: a store that hangs must not hold the answer.
                     let store = self.store
-                    try await Task { try await store.delete(keys: keys) }.value
+                    let budget = self.configuration.cleanupTimeout
+                    try await Task { try await withDeadline(.now + budget) { try await store.delete(keys: keys) } }.value
                     logger.info("upload failed; removed what it stored", metadata: ["objects": "\(keys.count)"])
                 } catch {
-                    logger.error("upload failed and its objects could not all be removed", metadata: ["keys": "\(keys)", "error": "\(error)"])
+                    logger.warning("upload failed and its objects could not all be removed yet; retrying in the background", metadata: ["objects": "\(keys.count)", "error": "\(error)"])
+                    self.cleanup.add(keys)
                 }
             }
             self.metrics.uploadFailed()
@@ -169,11 +194,41 @@ struct UploadCoordinator: Sendable {
             return GatewayError.storageUnavailable
         case is CancellationError:
             return CancellationError()
+        case is DeadlinePassed:
+            return GatewayError.deadline
         default:
             logger.error("upload failed", metadata: ["error": "\(error)"])
             return GatewayError.internalError
         }
     }
+}
+
+/// Thrown by `withDeadline` when the deadline passes first.
+struct DeadlinePassed: Error {}
+
+/// Runs `body`, cancelling it when `deadline` passes (then throws `DeadlinePassed`, once
+/// `body` has ended: nothing it started is left running).
+func withDeadline<T: Sendable>(_ deadline: ContinuousClock.Instant, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(until: deadline, clock: .continuous)
+            throw DeadlinePassed()
+        }
+        defer { group.cancelAll() }
+        // The first to finish decides; the other is cancelled and awaited by the group.
+        guard let value = try await group.next() ?? nil else { throw DeadlinePassed() }
+        return value
+    }
+}
+
+/// A set of ids under a lock.
+final class IDSet: Sendable {
+    private let ids = Mutex<Set<String>>([])
+
+    func insert(_ id: String) { _ = self.ids.withLock { $0.insert(id) } }
+    func remove(_ id: String) { _ = self.ids.withLock { $0.remove(id) } }
+    func contains(_ id: String) -> Bool { self.ids.withLock { $0.contains(id) } }
 }
 
 /// The keys an upload has started writing, to delete them all if it fails.

@@ -49,6 +49,8 @@ public final class CurlDriver: Service, Sendable {
 
     private struct State {
         var pending: [Transfer] = []
+        /// Transfers whose task was cancelled: the curl thread removes them from the multi handle.
+        var cancelled: [Transfer] = []
         var accepting = true
         var running = false
     }
@@ -63,20 +65,32 @@ public final class CurlDriver: Service, Sendable {
     }
 
     /// Performs one request.
+    ///
+    /// Cancelling the calling task stops the transfer: its handle is taken off the multi handle
+    /// (the connection is dropped) and this throws `CancellationError`.
     public func perform(_ request: Request) async throws -> Response {
         let transfer = try Transfer(request)
-        return try await withCheckedThrowingContinuation { continuation in
-            transfer.continuation = continuation
-            let accepted = self.state.withLock { state -> Bool in
-                guard state.accepting else { return false }
-                state.pending.append(transfer)
-                return true
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                transfer.continuation = continuation
+                enum Admission { case accepted, shuttingDown, cancelled }
+                let admission = self.state.withLock { state -> Admission in
+                    // Checked under the lock the cancellation handler takes: a cancel either
+                    // came before (seen here) or finds the transfer pending or active.
+                    if Task.isCancelled { return .cancelled }
+                    guard state.accepting else { return .shuttingDown }
+                    state.pending.append(transfer)
+                    return .accepted
+                }
+                switch admission {
+                case .accepted: curl_multi_wakeup(self.multi)
+                case .cancelled: transfer.finish(.failure(CancellationError()))
+                case .shuttingDown: transfer.finish(.failure(TransferError(description: "the HTTP client is shutting down")))
+                }
             }
-            if accepted {
-                curl_multi_wakeup(self.multi)
-            } else {
-                transfer.finish(.failure(TransferError(description: "the HTTP client is shutting down")))
-            }
+        } onCancel: {
+            self.state.withLock { $0.cancelled.append(transfer) }
+            curl_multi_wakeup(self.multi)
         }
     }
 
@@ -112,13 +126,23 @@ public final class CurlDriver: Service, Sendable {
     private func loop() {
         var active: [UnsafeMutableRawPointer: Transfer] = [:]
         while true {
-            let (incoming, accepting) = self.state.withLock { state -> ([Transfer], Bool) in
-                defer { state.pending.removeAll() }
-                return (state.pending, state.accepting)
+            let (incoming, cancelled, accepting) = self.state.withLock { state -> ([Transfer], [Transfer], Bool) in
+                defer {
+                    state.pending.removeAll()
+                    state.cancelled.removeAll()
+                }
+                return (state.pending, state.cancelled, state.accepting)
             }
-            for transfer in incoming {
+            let stopped = Set(cancelled.map { ObjectIdentifier($0) })
+            for transfer in incoming where !stopped.contains(ObjectIdentifier(transfer)) {
                 active[transfer.easy] = transfer
                 curl_multi_add_handle(self.multi, transfer.easy)
+            }
+            for transfer in cancelled {
+                if active.removeValue(forKey: transfer.easy) != nil {
+                    curl_multi_remove_handle(self.multi, transfer.easy)
+                }
+                transfer.finish(.failure(CancellationError()))
             }
             if !accepting && active.isEmpty { return }
 

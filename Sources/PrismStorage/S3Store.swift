@@ -16,7 +16,11 @@ public struct S3Configuration: Sendable {
     /// What manifest URLs start with, e.g. a CDN: `https://cdn.example.com`. Default: the
     /// object's S3 URL.
     public var publicBaseURL: String? = nil
+    /// Longest time for one write (PUT, DELETE). An upload's own deadline cuts it shorter.
     public var requestTimeout: Duration = .seconds(30)
+    /// Longest time for one read (GET, HEAD, list): a manifest is small, and an API read
+    /// should fail fast when the store hangs.
+    public var readTimeout: Duration = .seconds(5)
 
     public init(endpoint: String, bucket: String, accessKeyID: String, secretAccessKey: String) {
         self.endpoint = endpoint
@@ -84,10 +88,12 @@ public final class S3Store: ObjectStore {
         let request = CurlDriver.Request(
             method: method, url: url, headers: all, body: body,
             sigV4: ("aws:amz:\(self.config.region):s3", "\(self.config.accessKeyID):\(self.config.secretAccessKey)"),
-            timeout: self.config.requestTimeout
+            timeout: method == "GET" || method == "HEAD" ? self.config.readTimeout : self.config.requestTimeout
         )
         do {
             return try await self.curl.perform(request)
+        } catch is CancellationError {
+            throw StorageError("The object store call was cancelled.", detail: "\(method) cancelled")
         } catch {
             throw StorageError("The object store could not be reached.", detail: "\(error)")
         }

@@ -18,8 +18,69 @@ struct GatewayCommand: AsyncParsableCommand {
             flag wins over the variable. S3 credentials come from the standard AWS_ACCESS_KEY_ID, \
             AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN variables. SIGTERM or SIGINT stops \
             accepting connections, lets uploads in flight finish (up to --drain-timeout), then exits.
-            """
+            """,
+        subcommands: [SweepCommand.self]
     )
+
+    @OptionGroup var options: GatewayOptions
+
+    func run() async throws {
+        let settings = Settings()
+        let (config, summary) = try self.options.configuration(settings, serving: true)
+        let drain = try settings.value(self.options.drainTimeout, env: "PRISM_DRAIN_TIMEOUT", default: DurationSetting(.seconds(30))).duration
+        let logger = try self.options.bootstrapLogging(settings)
+        let recipes = try GatewayOptions.recipes(config)
+        let fullSummary = summary + [("recipes", recipes.recipes.keys.sorted().joined(separator: ","))]
+        if StartupCheck.finish(settings, checkOnly: self.options.checkConfig, summary: fullSummary, logger: logger) { return }
+        let gateway = try Gateway(configuration: config, recipes: recipes, logger: logger)
+        var groupConfig = ServiceGroupConfiguration(services: gateway.services(), logger: logger)
+        groupConfig.gracefulShutdownSignals = [.sigterm, .sigint]
+        groupConfig.maximumGracefulShutdownDuration = drain
+        try await ServiceGroup(configuration: groupConfig).run()
+        logger.info("gateway stopped")
+    }
+}
+
+/// `prism-gateway sweep`: one pass of the orphan sweeper over the configured store, for cron
+/// and Kubernetes CronJobs. Exits 0 when the store is clean afterwards, 1 when it could not
+/// finish or found manifests that name missing objects.
+struct SweepCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sweep",
+        abstract: "Remove objects of uploads that never committed a manifest (older than --sweep-grace), then exit."
+    )
+
+    @OptionGroup var options: GatewayOptions
+
+    func run() async throws {
+        let settings = Settings()
+        let (config, summary) = try self.options.configuration(settings, serving: false)
+        let logger = try self.options.bootstrapLogging(settings)
+        if StartupCheck.finish(settings, checkOnly: self.options.checkConfig, summary: summary, logger: logger) { return }
+        let gateway = try Gateway(configuration: config, recipes: try RecipeBook.load(file: nil), logger: logger)
+        let services = gateway.storageServices()
+        let report: Sweeper.Report
+        if services.isEmpty {
+            report = try await gateway.sweeper.sweep()
+        } else {
+            // The curl thread (S3) runs beside the sweep and stops when it is done.
+            let serviceGroup = ServiceGroup(configuration: .init(services: services, logger: logger))
+            report = try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await serviceGroup.run() }
+                defer { group.cancelAll() }
+                let report = try await gateway.sweeper.sweep()
+                await serviceGroup.triggerGracefulShutdown()
+                return report
+            }
+        }
+        print(report.description)
+        logger.info("sweep done", metadata: ["report": "\(report)"])
+        if !report.brokenManifests.isEmpty { throw ExitCode(1) }
+    }
+}
+
+/// Every setting of the gateway, shared by serving and `sweep`.
+struct GatewayOptions: ParsableArguments {
 
     @Option(help: "Address to listen on. (env PRISM_GATEWAY_HOST; default 127.0.0.1)")
     var host: String?
@@ -99,11 +160,35 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(help: "Log format: logfmt or json. (env PRISM_LOG_FORMAT; default logfmt)")
     var logFormat: LogFormat?
 
+    @Option(help: "Time a client has to send a request header once it starts (408 beyond). (env PRISM_HEADER_TIMEOUT; default 10s)")
+    var headerTimeout: DurationSetting?
+
+    @Option(help: "Longest pause inside a request body (408 beyond). (env PRISM_BODY_IDLE_TIMEOUT; default 10s)")
+    var bodyIdleTimeout: DurationSetting?
+
+    @Option(help: "Time to receive a whole request body after its header (408 beyond). (env PRISM_BODY_TIMEOUT; default 60s)")
+    var bodyTimeout: DurationSetting?
+
+    @Option(help: "An idle keep-alive connection is closed after this. (env PRISM_KEEP_ALIVE_TIMEOUT; default 60s)")
+    var keepAliveTimeout: DurationSetting?
+
+    @Option(help: "Open client connections; more are answered 503 and closed. (env PRISM_MAX_CONNECTIONS; default 1024)")
+    var maxConnections: Int?
+
+    @Option(help: "Upload body bytes held in memory at once, counted as they arrive; beyond it 503. (env PRISM_MAX_UPLOAD_MEMORY; default 256m)")
+    var maxUploadMemory: ByteSizeSetting?
+
+    @Option(help: "The sweeper removes objects of uploads without a manifest once this old. (env PRISM_SWEEP_GRACE; default 1h)")
+    var sweepGrace: DurationSetting?
+
+    @Option(help: "Sweep inside the gateway this often; default off (run 'prism-gateway sweep' from cron instead). (env PRISM_SWEEP_INTERVAL)")
+    var sweepInterval: DurationSetting?
+
     @Flag(help: "Check the settings (flags, environment, recipes), print them and exit without starting.")
     var checkConfig = false
 
-    func run() async throws {
-        let settings = Settings()
+    /// The configuration from flags and environment, and its printable summary.
+    func configuration(_ settings: Settings, serving: Bool) throws -> (GatewayConfiguration, [(String, String)]) {
         let environment = ProcessInfo.processInfo.environment
         var config = GatewayConfiguration()
         config.host = try settings.value(self.host, env: "PRISM_GATEWAY_HOST", default: config.host)
@@ -114,7 +199,7 @@ struct GatewayCommand: AsyncParsableCommand {
         let names = try settings.optional(self.processorDns, env: "PRISM_PROCESSOR_DNS") ?? ""
         config.processors.endpoints = try Self.endpoints(statics, "--processors (PRISM_PROCESSORS)")
         config.processors.dnsNames = try Self.endpoints(names, "--processor-dns (PRISM_PROCESSOR_DNS)")
-        guard !config.processors.endpoints.isEmpty || !config.processors.dnsNames.isEmpty else {
+        guard !serving || !config.processors.endpoints.isEmpty || !config.processors.dnsNames.isEmpty else {
             throw ValidationError("Name the processors with --processors host:port[,host:port] or --processor-dns name:port (PRISM_PROCESSORS / PRISM_PROCESSOR_DNS).")
         }
         config.processors.resolveInterval = try settings.value(self.dnsRefresh, env: "PRISM_PROCESSOR_DNS_REFRESH", default: DurationSetting(.seconds(5))).duration
@@ -169,18 +254,28 @@ struct GatewayCommand: AsyncParsableCommand {
         case let other:
             throw ValidationError("--storage (PRISM_STORAGE) must be local or s3; got \(other).")
         }
-        let drain = try settings.value(self.drainTimeout, env: "PRISM_DRAIN_TIMEOUT", default: DurationSetting(.seconds(30))).duration
-        let level = try settings.value(self.logLevel, env: "PRISM_LOG_LEVEL", default: .info)
-        let format = try settings.value(self.logFormat, env: "PRISM_LOG_FORMAT", default: .logfmt)
-
-        LogSetup.bootstrap(format: format, level: level)
-        let logger = Logger(label: "prism.gateway")
-        let recipes: RecipeBook
-        do {
-            recipes = try RecipeBook.load(file: config.recipesFile)
-        } catch {
-            throw ValidationError("Recipes: \(error.description)")
+        config.http.headerTimeout = try settings.value(self.headerTimeout, env: "PRISM_HEADER_TIMEOUT", default: DurationSetting(config.http.headerTimeout)).duration
+        try Settings.check(config.http.headerTimeout, in: .milliseconds(100)...(.seconds(3600)), "--header-timeout (PRISM_HEADER_TIMEOUT)")
+        config.http.bodyIdleTimeout = try settings.value(self.bodyIdleTimeout, env: "PRISM_BODY_IDLE_TIMEOUT", default: DurationSetting(config.http.bodyIdleTimeout)).duration
+        try Settings.check(config.http.bodyIdleTimeout, in: .milliseconds(100)...(.seconds(3600)), "--body-idle-timeout (PRISM_BODY_IDLE_TIMEOUT)")
+        config.http.bodyTimeout = try settings.value(self.bodyTimeout, env: "PRISM_BODY_TIMEOUT", default: DurationSetting(config.http.bodyTimeout)).duration
+        try Settings.check(config.http.bodyTimeout, in: .milliseconds(100)...(.seconds(3600)), "--body-timeout (PRISM_BODY_TIMEOUT)")
+        config.http.keepAliveTimeout = try settings.value(self.keepAliveTimeout, env: "PRISM_KEEP_ALIVE_TIMEOUT", default: DurationSetting(config.http.keepAliveTimeout)).duration
+        try Settings.check(config.http.keepAliveTimeout, in: .milliseconds(100)...(.seconds(3600)), "--keep-alive-timeout (PRISM_KEEP_ALIVE_TIMEOUT)")
+        config.http.maxConnections = try settings.value(self.maxConnections, env: "PRISM_MAX_CONNECTIONS", default: config.http.maxConnections)
+        try Settings.check(config.http.maxConnections, in: 1...1_000_000, "--max-connections (PRISM_MAX_CONNECTIONS)")
+        config.maxUploadMemory = try settings.value(self.maxUploadMemory, env: "PRISM_MAX_UPLOAD_MEMORY", default: ByteSizeSetting(config.maxUploadMemory)).bytes
+        try Settings.check(config.maxUploadMemory, in: config.maxUploadBytes...(1 << 40), "--max-upload-memory (PRISM_MAX_UPLOAD_MEMORY), at least --max-upload-size,")
+        config.sweepGrace = try settings.value(self.sweepGrace, env: "PRISM_SWEEP_GRACE", default: DurationSetting(config.sweepGrace)).duration
+        guard config.sweepGrace > config.uploadTimeout + config.cleanupTimeout else {
+            throw ValidationError("--sweep-grace (PRISM_SWEEP_GRACE) must be longer than --upload-timeout (plus 3 s of cleanup): a running upload has no manifest yet either.")
         }
+        config.sweepInterval = try settings.optional(self.sweepInterval, env: "PRISM_SWEEP_INTERVAL")?.duration
+        if let interval = config.sweepInterval {
+            try Settings.check(interval, in: .seconds(1)...(.seconds(86_400 * 7)), "--sweep-interval (PRISM_SWEEP_INTERVAL)")
+        }
+        _ = try settings.value(self.drainTimeout, env: "PRISM_DRAIN_TIMEOUT", default: DurationSetting(.seconds(30)))
+
         var summary: [(String, String)] = [
             ("listen", "\(config.host):\(config.port)"),
             ("processors", config.processors.endpoints.map(\.description).joined(separator: ",")),
@@ -188,20 +283,33 @@ struct GatewayCommand: AsyncParsableCommand {
             ("processor_token", config.processors.client.authToken == nil ? "none" : "set (hidden)"),
             ("api_keys", "\(config.apiKeys.count)"), ("max_upload_size", "\(config.maxUploadBytes)"),
             ("upload_timeout", "\(config.uploadTimeout)"), ("max_concurrent_uploads", "\(config.maxConcurrentUploads)"),
-            ("recipes", recipes.recipes.keys.sorted().joined(separator: ",")), ("split", config.split.rawValue),
+            ("split", config.split.rawValue),
+            ("header_timeout", "\(config.http.headerTimeout)"), ("body_idle_timeout", "\(config.http.bodyIdleTimeout)"),
+            ("body_timeout", "\(config.http.bodyTimeout)"), ("keep_alive_timeout", "\(config.http.keepAliveTimeout)"),
+            ("max_connections", "\(config.http.maxConnections)"), ("max_upload_memory", "\(config.maxUploadMemory)"),
+            ("sweep_grace", "\(config.sweepGrace)"), ("sweep_interval", config.sweepInterval.map { "\($0)" } ?? "off"),
         ]
         switch config.storage {
         case .local(let directory, let base): summary.append(("storage", "local \(directory) \(base ?? "")"))
         case .s3(let s3, let create):
             summary.append(("storage", "s3 \(s3.endpoint) bucket=\(s3.bucket) prefix=\(s3.keyPrefix) region=\(s3.region) path_style=\(s3.pathStyle) create_bucket=\(create)"))
         }
-        if StartupCheck.finish(settings, checkOnly: self.checkConfig, summary: summary, logger: logger) { return }
-        let gateway = try Gateway(configuration: config, recipes: recipes, logger: logger)
-        var groupConfig = ServiceGroupConfiguration(services: gateway.services(), logger: logger)
-        groupConfig.gracefulShutdownSignals = [.sigterm, .sigint]
-        groupConfig.maximumGracefulShutdownDuration = drain
-        try await ServiceGroup(configuration: groupConfig).run()
-        logger.info("gateway stopped")
+        return (config, summary)
+    }
+
+    func bootstrapLogging(_ settings: Settings) throws -> Logger {
+        let level = try settings.value(self.logLevel, env: "PRISM_LOG_LEVEL", default: .info)
+        let format = try settings.value(self.logFormat, env: "PRISM_LOG_FORMAT", default: .logfmt)
+        LogSetup.bootstrap(format: format, level: level)
+        return Logger(label: "prism.gateway")
+    }
+
+    static func recipes(_ config: GatewayConfiguration) throws -> RecipeBook {
+        do {
+            return try RecipeBook.load(file: config.recipesFile)
+        } catch {
+            throw ValidationError("Recipes: \(error.description)")
+        }
     }
 
     static func endpoints(_ list: String, _ what: String) throws -> [ProcessorPoolConfiguration.Endpoint] {

@@ -181,10 +181,12 @@ class Seaweed(Service):
     ACCESS_KEY = "prism-test"
     SECRET_KEY = "prism-test-secret"
 
-    def __init__(self, log_dir):
-        ports = [free_port() for _ in range(8)]
+    def __init__(self, log_dir, ports=None):
+        ports = ports or [free_port() for _ in range(8)]
         while len(set(ports)) < 8:
             ports = [free_port() for _ in range(8)]
+        self.ports = ports
+        self.log_dir = Path(log_dir)
         self.s3_port = ports[6]
         data = Path(log_dir) / "weed-data"
         data.mkdir(parents=True, exist_ok=True)
@@ -201,6 +203,11 @@ class Seaweed(Service):
                 "-volume.max=0", "-master.volumeSizeLimitMB=64"]
         super().__init__("seaweedfs", args, log_dir)
         wait_until(self._answers, 60, 0.1, "SeaweedFS S3 to answer")
+
+    @classmethod
+    def restart(cls, old):
+        """A new server on the same data directory and ports (after `old` was killed)."""
+        return cls(old.log_dir, ports=old.ports)
 
     def _answers(self):
         if not self.alive():
