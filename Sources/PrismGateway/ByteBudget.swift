@@ -4,12 +4,16 @@ import Synchronization
 ///
 /// Each upload takes a `Lease` and grows it chunk by chunk as its body arrives, so a client
 /// that trickles costs only the bytes it has sent. The lease is returned when the upload ends.
+/// A chunk that does not fit waits for other uploads to return theirs, up to `wait`, then the
+/// upload is refused (503): memory stays bounded and a burst is smoothed rather than refused.
 final class ByteBudget: Sendable {
     let limit: Int
+    let wait: Duration
     private let used = Mutex(0)
 
-    init(limit: Int) {
+    init(limit: Int, wait: Duration = .seconds(5)) {
         self.limit = limit
+        self.wait = wait
     }
 
     var inUse: Int { self.used.withLock { $0 } }
@@ -37,9 +41,16 @@ final class ByteBudget: Sendable {
             self.budget = budget
         }
 
-        /// Adds `bytes` to this lease; throws 503 when the budget cannot cover them.
-        func grow(by bytes: Int) throws(GatewayError) {
-            guard self.budget.take(bytes) else { throw GatewayError.memoryBusy }
+        /// Adds `bytes` to this lease, waiting for room up to the budget's `wait`; throws 503
+        /// when the budget cannot cover them by then.
+        func grow(by bytes: Int) async throws {
+            if !self.budget.take(bytes) {
+                let giveUp = ContinuousClock.now + self.budget.wait
+                while !self.budget.take(bytes) {
+                    guard ContinuousClock.now < giveUp else { throw GatewayError.memoryBusy }
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+            }
             self.held.withLock { $0 += bytes }
         }
 

@@ -66,7 +66,8 @@ public final class Gateway: Sendable {
             self.store = try S3Store(configuration: s3, curl: curl)
         }
         self.coordinator = UploadCoordinator(pool: self.pool, store: self.store, configuration: configuration, metrics: self.metrics)
-        self.bodyBudget = ByteBudget(limit: configuration.maxUploadMemory)
+        // Waiting for room pauses reading the body: keep it well inside the idle timeout.
+        self.bodyBudget = ByteBudget(limit: configuration.maxUploadMemory, wait: min(.seconds(5), configuration.http.bodyIdleTimeout / 2))
     }
 
     /// The sweeper over this gateway's store, with the configured grace period.

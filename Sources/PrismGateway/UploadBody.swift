@@ -41,7 +41,7 @@ enum UploadBody {
             if let length = request.headers[.contentLength].flatMap({ Int($0) }) { data.reserveCapacity(length) }
             for try await chunk in request.body {
                 guard data.count + chunk.readableBytes <= limit else { throw GatewayError.tooLarge(limit: limit) }
-                try lease.grow(by: chunk.readableBytes)
+                try await lease.grow(by: chunk.readableBytes)
                 data.append(contentsOf: chunk.readableBytesView)
             }
             guard !data.isEmpty else { throw GatewayError.badRequest("The request body is empty; send the image bytes.") }
@@ -85,7 +85,7 @@ enum UploadBody {
             for try await chunk in body {
                 received += chunk.readableBytes
                 guard received <= limit else { throw GatewayError.tooLarge(limit: limit) }
-                try lease.grow(by: chunk.readableBytes)
+                try await lease.grow(by: chunk.readableBytes)
                 try parser.execute(chunk)
             }
         } catch let error as GatewayError {

@@ -171,6 +171,9 @@ struct UploadCoordinator: Sendable {
         let committing = clock.now
         _ = try await self.store.put(key: manifestKey, body: manifest.encoded(), contentType: "application/json", cacheControl: "no-cache")
         self.metrics.stage("manifest", clock.now - committing)
+        // From here the image exists, whatever happens to the request (a client that leaves
+        // now does not undo it): this line is how an operator finds it.
+        logger.info("upload committed", metadata: ["variants": "\(manifest.variants.count)"])
         return manifest
     }
 

@@ -344,10 +344,15 @@ def test_s3_killed_mid_uploads_leaves_no_orphans_after_cleanup_and_sweep(service
     statuses = []
     stop = threading.Event()
 
+    kinds = []
+
     def client():
         while not stop.is_set():
             try:
-                statuses.append(gateway.upload(photo("Garden.jpg"), timeout=30).status_code)
+                r = gateway.upload(photo("Garden.jpg"), timeout=30)
+                statuses.append(r.status_code)
+                if r.status_code != 201:
+                    kinds.append(r.json()["type"].rsplit("/", 1)[-1])
             except requests.RequestException:
                 statuses.append(0)
 
@@ -363,6 +368,7 @@ def test_s3_killed_mid_uploads_leaves_no_orphans_after_cleanup_and_sweep(service
         c.join(60)
     outage = statuses[statuses.index(201):]
     assert all(s in (201, 503, 504) for s in outage), statuses
+    assert kinds and set(kinds) <= {"storage-unavailable", "deadline-exceeded"}, kinds
 
     # The same data directory and ports again: what was stored before the kill is there.
     restarted = services.add(Seaweed.restart(weed))
