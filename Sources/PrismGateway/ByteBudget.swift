@@ -48,7 +48,7 @@ final class ByteBudget: Sendable {
                 let giveUp = ContinuousClock.now + self.budget.wait
                 while !self.budget.take(bytes) {
                     guard ContinuousClock.now < giveUp else { throw GatewayError.memoryBusy }
-                    try await Task.sleep(for: .milliseconds(5))
+                    try await Task.sleep(for: .milliseconds(20))
                 }
             }
             self.held.withLock { $0 += bytes }

@@ -23,16 +23,16 @@ struct DisconnectAwareHTTP1: ServerChildChannel {
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<HTTP1Channel.Value> {
         guard self.limiter.acquire() else {
+            // Set up as usual (a failed setup would leave the socket open with nobody to close
+            // it), but with a handler in front that answers 503, reads nothing and closes.
             self.metrics.refused(reason: "too-many-connections", status: 503)
-            return channel.eventLoop.makeCompletedFuture {
-                var buffer = ByteBuffer()
-                let body = GatewayError(.serviceUnavailable, "too-many-connections", "Too many connections",
-                    detail: "This server has as many open connections as it allows; retry shortly.", retryAfter: 1).jsonBody(instance: nil)
-                buffer.writeString("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: \(body.readableBytes)\r\n\r\n")
-                buffer.writeImmutableBuffer(body)
-                channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
-                throw ChannelError.inputClosed
+            do {
+                try channel.pipeline.syncOperations.addHandler(RefuseConnectionHandler(), position: .first)
+            } catch {
+                channel.close(promise: nil)
+                return channel.eventLoop.makeFailedFuture(error)
             }
+            return self.http1.setup(channel: channel, logger: logger)
         }
         let limiter = self.limiter
         channel.closeFuture.whenComplete { _ in limiter.release() }
@@ -74,7 +74,7 @@ final class ClientGoneHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        self.activity.bytesSinceIdle = true
+        self.activity.sawBytes()
         context.fireChannelRead(data)
     }
 
@@ -89,3 +89,42 @@ final class ClientGoneHandler: ChannelInboundHandler, RemovableChannelHandler {
 
 @available(*, unavailable)
 extension ClientGoneHandler: Sendable {}
+
+/// Answers 503 on a connection over the cap and closes it; nothing it sends is read.
+final class RefuseConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private var answered = false
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { self.refuse(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.refuse(context)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Discarded: this connection is refused.
+    }
+
+    private func refuse(_ context: ChannelHandlerContext) {
+        guard !self.answered else { return }
+        self.answered = true
+        let body = GatewayError(.serviceUnavailable, "too-many-connections", "Too many connections",
+            detail: "This server has as many open connections as it allows; retry shortly.", retryAfter: 1).jsonBody(instance: nil)
+        var buffer = context.channel.allocator.buffer(capacity: 256 + body.readableBytes)
+        buffer.writeString("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: \(body.readableBytes)\r\n\r\n")
+        buffer.writeImmutableBuffer(body)
+        let channel = context.channel
+        context.writeAndFlush(self.wrapOutboundOut(buffer)).whenComplete { _ in
+            channel.close(mode: .output, promise: nil)
+        }
+        // Whatever the client does, the socket is gone a moment later.
+        context.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
+    }
+}
+
+@available(*, unavailable)
+extension RefuseConnectionHandler: Sendable {}

@@ -106,7 +106,7 @@ public final class Gateway: Sendable {
         // Metrics outside Problem: every failure has become a GatewayError with its real status
         // (404, 405, 408, 499...) by the time it is counted and logged.
         router.add(middleware: MetricsMiddleware(metrics: self.metrics))
-        router.add(middleware: ProblemMiddleware(logger: self.logger))
+        router.add(middleware: ProblemMiddleware(logger: self.logger, servesFiles: self.store is LocalDiskStore))
         self.addOperationalRoutes(router)
         if case .local = self.configuration.storage, let local = self.store as? LocalDiskStore {
             self.addFileRoutes(router, store: local)
@@ -274,10 +274,15 @@ public final class Gateway: Sendable {
             }
             defer { group.cancelAll() }
             guard let first = try await group.next(), let value = first else {
-                self.metrics.uploadsAbandoned.increment()
-                logger.info("client went away; upload cancelled")
                 group.cancelAll()
-                _ = try? await group.next()  // wait for the upload's own cleanup
+                // Wait for the upload's own cleanup, or its commit if it got there first.
+                if let finished = try? await group.next(), let value = finished {
+                    let id = (value as? Manifest)?.id ?? "?"
+                    logger.notice("client went away after the upload committed; the image is kept", metadata: ["image_id": "\(id)"])
+                } else {
+                    self.metrics.uploadsAbandoned.increment()
+                    logger.info("client went away; upload cancelled and removed")
+                }
                 throw CancellationError()
             }
             return value
@@ -293,6 +298,8 @@ public final class Gateway: Sendable {
     private func storeCall<T>(_ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
+        } catch let error as StorageError where error.isCancellation {
+            throw CancellationError()
         } catch let error as StorageError {
             self.logger.error("storage failed", metadata: ["error": "\(error.detail)"])
             throw GatewayError.storageUnavailable

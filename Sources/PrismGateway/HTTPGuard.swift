@@ -57,9 +57,17 @@ struct RequestReadTimeout: Error, CustomStringConvertible {
 /// What the byte-level and the HTTP-level handlers of one connection share. Both run on the
 /// connection's event loop, so no lock is needed.
 final class ConnectionActivity {
-    /// Bytes arrived since the last request started or the last answer ended: a request is
-    /// being sent, even if its header is not complete yet.
-    var bytesSinceIdle = false
+    /// When the first byte arrived since the connection opened or the last answer ended: a
+    /// request is being sent, even if its header is not complete yet. Nil while idle.
+    var firstByteAt: NIODeadline?
+    /// Called on that first byte (the timeout handler re-arms its header timer).
+    var onFirstByte: (() -> Void)?
+
+    func sawBytes() {
+        guard self.firstByteAt == nil else { return }
+        self.firstByteAt = .now()
+        self.onFirstByte?()
+    }
 }
 
 @available(*, unavailable)
@@ -110,25 +118,31 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
     typealias OutboundIn = HTTPResponsePart
     typealias OutboundOut = HTTPResponsePart
 
-    private enum Phase {
-        /// Between requests. `since`: when the connection opened or the last answer ended.
-        case idle(since: NIODeadline)
+    /// Where reading the newest request stands.
+    private enum Reading {
+        /// No request started. `since`: the connection opened (`fresh`) or the last answer
+        /// ended; a fresh connection gets the header timeout, an idle one the keep-alive.
+        case waiting(since: NIODeadline, fresh: Bool)
         /// Header received, body being read.
         case body(headAt: NIODeadline, lastPart: NIODeadline)
-        /// Request read; the answer is being made.
-        case answering
-        /// Cut off (timeout answered, parse error answered, or closing): nothing more to time.
-        case closing
+        /// Read whole; its answer (and maybe earlier ones, pipelined) is being made.
+        case read
     }
 
     private let limits: HTTPServerLimits
     private let activity: ConnectionActivity
     private let metrics: GatewayMetrics
     private let logger: Logger
-    private var phase: Phase = .idle(since: .now())
-    private var timer: Scheduled<Void>?
-    /// An answer has started while the body was still arriving.
-    private var answeredEarly = false
+    private var reading: Reading = .waiting(since: .now(), fresh: true)
+    /// Requests whose header was read and whose answer has not ended (more than one when
+    /// pipelined).
+    private var outstanding = 0
+    /// The connection is being closed: nothing more is timed, reads are passed on untouched.
+    private var closing = false
+    /// The answer being written ends the connection (answered early, or `Connection: close`).
+    private var closeAfterAnswer = false
+    private var readTimer: Scheduled<Void>?
+    private var closeTimer: Scheduled<Void>?
 
     init(limits: HTTPServerLimits, activity: ConnectionActivity, metrics: GatewayMetrics, logger: Logger) {
         self.limits = limits
@@ -138,35 +152,44 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        self.phase = .idle(since: .now())
+        self.reading = .waiting(since: .now(), fresh: true)
+        let loop = context.eventLoop
+        self.activity.onFirstByte = { [weak self] in
+            loop.assertInEventLoop()
+            guard let self, case .waiting = self.reading else { return }
+            self.arm(context)
+        }
         self.arm(context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        self.timer?.cancel()
-        self.timer = nil
+        self.cancelTimers()
+        self.activity.onFirstByte = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.timer?.cancel()
-        self.timer = nil
-        self.phase = .closing
+        self.cancelTimers()
+        self.closing = true
         context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !self.closing else {
+            // Lingering or cut off: the rest is discarded by whoever reads it; the close timer
+            // ends the connection whatever the client keeps sending.
+            context.fireChannelRead(data)
+            return
+        }
         let now = NIODeadline.now()
-        switch (self.unwrapInboundIn(data), self.phase) {
-        case (_, .closing):
-            break
+        switch (self.unwrapInboundIn(data), self.reading) {
         case (.head, _):
-            self.answeredEarly = false
-            self.phase = .body(headAt: now, lastPart: now)
+            self.outstanding += 1
+            self.reading = .body(headAt: now, lastPart: now)
         case (.body, .body(let headAt, _)):
-            self.phase = .body(headAt: headAt, lastPart: now)
-        case (.end, .body):
-            self.phase = .answering
-        case (.body, _), (.end, _):
+            self.reading = .body(headAt: headAt, lastPart: now)
+        case (.end, _):
+            self.reading = .read
+        case (.body, _):
             break
         }
         self.arm(context)
@@ -174,9 +197,9 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // A parse error before any request of this connection reached the application: nobody
+        // A parse error while no request of this connection is with the application: nobody
         // else will answer, so answer here with a problem, not a bare 400.
-        if let parseError = error as? HTTPParserError, case .idle = self.phase {
+        if let parseError = error as? HTTPParserError, self.outstanding == 0, !self.closing {
             let status: HTTPResponse.Status
             let detail: String
             switch parseError {
@@ -200,102 +223,118 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let part = self.unwrapOutboundIn(data)
-        switch (part, self.phase) {
-        case (.head(var head), .body):
-            // Answering before the body ended (413, 415, 408, ...): this connection will not be
-            // reused, so say so.
-            self.answeredEarly = true
-            head.headerFields[.connection] = "close"
-            context.write(self.wrapOutboundOut(.head(head)), promise: promise)
-        case (.head(let head), _) where head.headerFields[.connection] == "close":
-            self.answeredEarly = true
-            context.write(data, promise: promise)
-        case (.end, _):
-            if self.answeredEarly {
-                // Linger: keep reading (and discarding) for a moment so the client sees the
-                // answer, then close whatever it is doing.
-                self.phase = .closing
-                self.timer?.cancel()
+        switch self.unwrapOutboundIn(data) {
+        case .head(var head):
+            // The answer to the request whose body is still arriving (413, 415, 408...): this
+            // connection will not be reused, so say so. With pipelining, an answer to an
+            // earlier request (outstanding > 1) is not early.
+            var early = false
+            if self.outstanding == 1, case .body = self.reading { early = true }
+            if early || head.headerFields[.connection] == "close" {
+                self.closeAfterAnswer = true
+            }
+            if early {
+                head.headerFields[.connection] = "close"
+                context.write(self.wrapOutboundOut(.head(head)), promise: promise)
+            } else {
+                context.write(data, promise: promise)
+            }
+        case .end:
+            self.outstanding = max(0, self.outstanding - 1)
+            if self.closeAfterAnswer {
+                // Linger: the rest of the body is read and discarded for a moment so the client
+                // sees the answer rather than a reset, then the connection closes.
+                self.closing = true
+                self.cancelTimers()
                 context.writeAndFlush(data, promise: promise)
                 let channel = context.channel
-                self.timer = context.eventLoop.scheduleTask(in: .init(self.limits.lingerTimeout)) {
+                self.closeTimer = context.eventLoop.scheduleTask(in: .init(self.limits.lingerTimeout)) {
                     channel.close(promise: nil)
                 }
                 return
             }
-            if case .closing = self.phase {} else {
-                self.phase = .idle(since: .now())
-                self.activity.bytesSinceIdle = false
+            if self.outstanding == 0, case .read = self.reading, !self.closing {
+                self.reading = .waiting(since: .now(), fresh: false)
+                self.activity.firstByteAt = nil
                 self.arm(context)
             }
             context.write(data, promise: promise)
-        default:
+        case .body:
             context.write(data, promise: promise)
         }
     }
 
     // MARK: Timers
 
-    /// (Re)schedules the one timer for the current phase.
+    private func cancelTimers() {
+        self.readTimer?.cancel()
+        self.readTimer = nil
+        self.closeTimer?.cancel()
+        self.closeTimer = nil
+    }
+
+    /// (Re)schedules the read timer for where reading stands.
     private func arm(_ context: ChannelHandlerContext) {
-        self.timer?.cancel()
-        self.timer = nil
+        self.readTimer?.cancel()
+        self.readTimer = nil
+        guard !self.closing else { return }
         let due: NIODeadline
-        switch self.phase {
-        case .idle(let since):
-            due = since + .init(min(self.limits.headerTimeout, self.limits.keepAliveTimeout))
+        switch self.reading {
+        case .waiting(let since, let fresh):
+            if let first = self.activity.firstByteAt {
+                due = first + .init(self.limits.headerTimeout)
+            } else {
+                due = since + .init(fresh ? self.limits.headerTimeout : self.limits.keepAliveTimeout)
+            }
         case .body(let headAt, let lastPart):
             due = min(headAt + .init(self.limits.bodyTimeout), lastPart + .init(self.limits.bodyIdleTimeout))
-        case .answering, .closing:
+        case .read:
             return
         }
-        let loop = context.eventLoop.assumeIsolated()
-        self.timer = loop.scheduleTask(deadline: due) { [self] in
-            self.timer = nil
+        self.readTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: due) { [self] in
+            self.readTimer = nil
             self.fire(context)
         }
     }
 
     private func fire(_ context: ChannelHandlerContext) {
+        guard !self.closing else { return }
         let now = NIODeadline.now()
-        switch self.phase {
-        case .idle(let since):
-            if self.activity.bytesSinceIdle, now >= since + .init(self.limits.headerTimeout) {
-                self.metrics.refused(reason: "header-timeout", status: 408)
-                self.logger.info("request refused", metadata: ["status": "408", "reason": "header timeout"])
-                self.answerAndClose(context, RequestReadTimeout(kind: .header).problem)
-            } else if now >= since + .init(self.limits.keepAliveTimeout) {
-                self.phase = .closing
-                context.close(promise: nil)
-            } else {
-                // The header timer passed on a connection that sent nothing: wait for the
-                // keep-alive timeout instead.
-                self.timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: since + .init(self.limits.keepAliveTimeout)) { [self] in
-                    self.timer = nil
-                    self.fire(context)
+        switch self.reading {
+        case .waiting(let since, let fresh):
+            if let first = self.activity.firstByteAt {
+                if now >= first + .init(self.limits.headerTimeout) {
+                    self.metrics.refused(reason: "header-timeout", status: 408)
+                    self.logger.info("request refused", metadata: ["status": "408", "reason": "header timeout"])
+                    self.answerAndClose(context, RequestReadTimeout(kind: .header).problem)
+                    return
                 }
+            } else if now >= since + .init(fresh ? self.limits.headerTimeout : self.limits.keepAliveTimeout) {
+                // Nothing was sent: an idle connection, closed without an answer (as nginx does).
+                self.closing = true
+                context.close(promise: nil)
+                return
             }
+            self.arm(context)
         case .body(let headAt, _):
             let kind: RequestReadTimeout.Kind = now >= headAt + .init(self.limits.bodyTimeout) ? .body : .bodyIdle
-            self.phase = .closing
-            // The route reading the body sees this error and answers 408 itself. If nobody
-            // reads (the answer is already out), the linger timer or this close ends it.
+            self.closing = true
+            // The route reading the body sees this error and answers 408 itself (so metrics
+            // and the access log see it). If nobody reads any more, the close timer ends it.
             context.fireErrorCaught(RequestReadTimeout(kind: kind))
             let channel = context.channel
-            self.timer = context.eventLoop.scheduleTask(in: .init(self.limits.lingerTimeout + .seconds(3))) {
+            self.closeTimer = context.eventLoop.scheduleTask(in: .init(self.limits.lingerTimeout + .seconds(3))) {
                 channel.close(promise: nil)
             }
-        case .answering, .closing:
+        case .read:
             break
         }
     }
 
     /// Writes a problem answer below the application and closes once it is out.
     private func answerAndClose(_ context: ChannelHandlerContext, _ problem: GatewayError) {
-        self.phase = .closing
-        self.timer?.cancel()
-        self.timer = nil
+        self.closing = true
+        self.cancelTimers()
         let body = problem.jsonBody(instance: nil)
         var headers: HTTPFields = [
             .contentType: "application/problem+json",
@@ -310,8 +349,8 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
             // Half-close first: the client reads the answer before it sees the reset a full
             // close with unread input would cause.
             channel.close(mode: .output, promise: nil)
-            channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
         }
+        self.closeTimer = context.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
     }
 }
 

@@ -29,6 +29,8 @@ struct RequestIDMiddleware: RouterMiddleware {
 struct ProblemMiddleware: RouterMiddleware {
     typealias Context = GatewayContext
     let logger: Logger
+    /// True when stored files are served at /files (local storage).
+    var servesFiles = true
 
     func handle(_ request: Request, context: GatewayContext, next: (Request, GatewayContext) async throws -> Response) async throws -> Response {
         do {
@@ -38,7 +40,7 @@ struct ProblemMiddleware: RouterMiddleware {
         } catch let error as HTTPError {
             switch error.status {
             case .notFound:
-                if let allowed = Self.allowedMethods(request.uri.path) {
+                if let allowed = Self.allowedMethods(request.uri.path, servesFiles: self.servesFiles) {
                     var problem = GatewayError(.methodNotAllowed, "method-not-allowed", "Method not allowed",
                         detail: "\(request.method) is not allowed on \(request.uri.path); use \(allowed).")
                     problem.allow = allowed
@@ -65,7 +67,7 @@ struct ProblemMiddleware: RouterMiddleware {
 
 extension ProblemMiddleware {
     /// The methods a known path answers, for 405's `Allow`; nil for a path no route serves.
-    static func allowedMethods(_ path: String) -> String? {
+    static func allowedMethods(_ path: String, servesFiles: Bool) -> String? {
         let parts = path.split(separator: "/", omittingEmptySubsequences: true)
         switch parts.count {
         case 1 where ["healthz", "readyz", "metrics"].contains(parts[0]):
@@ -76,7 +78,7 @@ extension ProblemMiddleware {
             return "GET"
         case 3 where parts[0] == "v1" && parts[1] == "images":
             return "GET, DELETE"
-        case 2... where parts[0] == "files":
+        case 2... where parts[0] == "files" && servesFiles:
             return "GET"
         default:
             return nil

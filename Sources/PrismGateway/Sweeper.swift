@@ -89,7 +89,7 @@ public struct Sweeper: Sendable {
     /// One pass over the store.
     public func sweep(now: Date = Date()) async throws(StorageError) -> Report {
         var report = Report()
-        let keys = try await self.store.list(prefix: "images/")
+        let keys = try await self.store.listAll(prefix: "images/")
         var byID: [String: [String]] = [:]
         for key in keys {
             let parts = key.split(separator: "/", maxSplits: 2)

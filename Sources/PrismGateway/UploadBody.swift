@@ -38,7 +38,9 @@ enum UploadBody {
             // Straight into the Data that travels on: one copy of the bytes, sized up front when
             // the length is announced.
             var data = Data()
-            if let length = request.headers[.contentLength].flatMap({ Int($0) }) { data.reserveCapacity(length) }
+            // Reserve what is announced only up to 1 MiB: a client that announces 40 MB and sends
+            // nothing must not make the gateway map 40 MB (the budget counts what arrives).
+            if let length = request.headers[.contentLength].flatMap({ Int($0) }) { data.reserveCapacity(min(length, 1 << 20)) }
             for try await chunk in request.body {
                 guard data.count + chunk.readableBytes <= limit else { throw GatewayError.tooLarge(limit: limit) }
                 try await lease.grow(by: chunk.readableBytes)

@@ -43,6 +43,7 @@ struct UploadCoordinator: Sendable {
         let deadline = start + self.configuration.uploadTimeout
         let id = UploadID.make()
         let written = WrittenKeys()
+        let committed = CommitPoint()
         var logger = logger
         logger[metadataKey: "image_id"] = "\(id)"
         self.inProgress.insert(id)
@@ -51,11 +52,17 @@ struct UploadCoordinator: Sendable {
         do {
             let log = logger
             let manifest = try await withDeadline(deadline) {
-                try await self.make(source, recipe: recipe, id: id, requestID: requestID, deadline: deadline, written: written, logger: log)
+                try await self.make(source, recipe: recipe, id: id, requestID: requestID, deadline: deadline, written: written, committed: committed, logger: log)
             }
             self.metrics.stage("total", clock.now - start)
             return manifest
         } catch {
+            // The manifest is the commit point: once it is written the image exists, even if
+            // the deadline or the client's leaving interrupted what came after it.
+            if let manifest = committed.manifest {
+                logger.notice("upload committed just as it was interrupted; the image is kept", metadata: ["error": "\(error)"])
+                return manifest
+            }
             // Every task of the upload has ended here (task groups wait for their children), so
             // no write is still in flight: deleting now leaves the store clean.
             let keys = written.all
@@ -80,7 +87,7 @@ struct UploadCoordinator: Sendable {
 
     private func make(
         _ source: Data, recipe: Recipe, id: String, requestID: String,
-        deadline: ContinuousClock.Instant, written: WrittenKeys, logger: Logger
+        deadline: ContinuousClock.Instant, written: WrittenKeys, committed: CommitPoint, logger: Logger
     ) async throws -> Manifest {
         let clock = ContinuousClock()
         let cacheControl = self.configuration.cacheControl
@@ -170,6 +177,7 @@ struct UploadCoordinator: Sendable {
         written.add(manifestKey)
         let committing = clock.now
         _ = try await self.store.put(key: manifestKey, body: manifest.encoded(), contentType: "application/json", cacheControl: "no-cache")
+        committed.set(manifest)
         self.metrics.stage("manifest", clock.now - committing)
         // From here the image exists, whatever happens to the request (a client that leaves
         // now does not undo it): this line is how an operator finds it.
@@ -192,6 +200,8 @@ struct UploadCoordinator: Sendable {
                 logger.error("processor failed", metadata: ["error": "\(error)"])
             }
             return GatewayError.from(error)
+        case let error as StorageError where error.isCancellation:
+            return CancellationError()
         case let error as StorageError:
             logger.error("storage failed", metadata: ["error": "\(error.detail)"])
             return GatewayError.storageUnavailable
@@ -223,6 +233,14 @@ func withDeadline<T: Sendable>(_ deadline: ContinuousClock.Instant, _ body: @esc
         guard let value = try await group.next() ?? nil else { throw DeadlinePassed() }
         return value
     }
+}
+
+/// Set once the manifest is stored: from then on the upload succeeded, whatever follows.
+final class CommitPoint: Sendable {
+    private let value = Mutex<Manifest?>(nil)
+
+    func set(_ manifest: Manifest) { self.value.withLock { $0 = manifest } }
+    var manifest: Manifest? { self.value.withLock { $0 } }
 }
 
 /// A set of ids under a lock.

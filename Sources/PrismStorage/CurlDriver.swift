@@ -166,7 +166,14 @@ private final class Transfer: @unchecked Sendable {
     let request: CurlDriver.Request
     private var headers: UnsafeMutablePointer<curl_slist>?
     private let response: UnsafeMutablePointer<PrismCurlResponse>
-    var continuation: CheckedContinuation<CurlDriver.Response, any Error>?
+    /// Resumed exactly once: by the curl thread, or by `perform` when refused before starting;
+    /// a cancellation may race with either, so taking it is locked.
+    private let continuationBox = Mutex<CheckedContinuation<CurlDriver.Response, any Error>?>(nil)
+
+    var continuation: CheckedContinuation<CurlDriver.Response, any Error>? {
+        get { self.continuationBox.withLock { $0 } }
+        set { self.continuationBox.withLock { $0 = newValue } }
+    }
 
     init(_ request: CurlDriver.Request) throws {
         guard let easy = curl_easy_init() else { throw CurlDriver.TransferError(description: "curl_easy_init failed") }
@@ -230,8 +237,10 @@ private final class Transfer: @unchecked Sendable {
     }
 
     func finish(_ result: Result<CurlDriver.Response, any Error>) {
-        let continuation = self.continuation
-        self.continuation = nil
+        let continuation = self.continuationBox.withLock { box in
+            defer { box = nil }
+            return box
+        }
         continuation?.resume(with: result)
     }
 }

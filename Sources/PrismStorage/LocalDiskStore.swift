@@ -91,6 +91,14 @@ public final class LocalDiskStore: ObjectStore {
     }
 
     public func list(prefix: String) async throws(StorageError) -> [String] {
+        try await self.list(prefix: prefix, hidden: false)
+    }
+
+    public func listAll(prefix: String) async throws(StorageError) -> [String] {
+        try await self.list(prefix: prefix, hidden: true)
+    }
+
+    private func list(prefix: String, hidden: Bool) async throws(StorageError) -> [String] {
         let root = self.root
         return try await self.run("list files") {
             // Walk only the directory the prefix names (keys are paths).
@@ -101,7 +109,7 @@ public final class LocalDiskStore: ObjectStore {
             for case let url as URL in walker {
                 guard (try? url.resourceValues(forKeys: [.isRegularFileKey]).isRegularFile) == true else { continue }
                 let key = String(url.standardizedFileURL.path.dropFirst(root.path.count + 1))
-                if key.hasPrefix(prefix), !url.lastPathComponent.hasPrefix(".") { keys.append(key) }
+                if key.hasPrefix(prefix), hidden || !url.lastPathComponent.hasPrefix(".") { keys.append(key) }
             }
             return keys.sorted()
         }

@@ -16,8 +16,18 @@ public protocol ObjectStore: Sendable {
     /// Every key that starts with `prefix`.
     func list(prefix: String) async throws(StorageError) -> [String]
 
+    /// Every key that starts with `prefix`, including what a store keeps while writing (local
+    /// disk's temporary files): what the sweeper must remove with an abandoned upload.
+    func listAll(prefix: String) async throws(StorageError) -> [String]
+
     /// The URL a client fetches the object from.
     func url(for key: String) -> String
+}
+
+extension ObjectStore {
+    public func listAll(prefix: String) async throws(StorageError) -> [String] {
+        try await self.list(prefix: prefix)
+    }
 }
 
 /// A storage failure. `message` is safe to show to API clients; `detail` (paths, endpoints,
@@ -32,6 +42,15 @@ public struct StorageError: Error, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(self.message) [\(self.detail)]" }
+
+    /// The call was abandoned because its task was cancelled; the store did nothing wrong.
+    public var isCancellation = false
+
+    public static var cancelled: StorageError {
+        var error = StorageError("The object store call was cancelled.", detail: "cancelled")
+        error.isCancellation = true
+        return error
+    }
 }
 
 /// The media type of the formats Prism stores, by file extension.

@@ -93,7 +93,8 @@ public final class S3Store: ObjectStore {
         do {
             return try await self.curl.perform(request)
         } catch is CancellationError {
-            throw StorageError("The object store call was cancelled.", detail: "\(method) cancelled")
+            // Not a storage failure: the caller's task was cancelled (deadline, client gone).
+            throw StorageError.cancelled
         } catch {
             throw StorageError("The object store could not be reached.", detail: "\(error)")
         }

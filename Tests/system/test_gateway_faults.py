@@ -200,17 +200,26 @@ def test_wrong_methods_are_405_with_allow_and_counted_as_such(guarded):
     assert 'status=405' in guarded.log() and 'status=404' in guarded.log()
 
 
-def test_connections_past_the_cap_are_refused_with_503(services):
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_connections_past_the_cap_are_refused_with_503_and_leak_nothing(services):
     processor = services.processor()
     gateway = services.gateway([processor], "--max-connections", "20")
     held = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(20)]
     try:
         time.sleep(0.3)
-        extra = socket.create_connection(("127.0.0.1", gateway.port))
-        raw, _ = read_answer(extra, 5)
-        extra.close()
-        status, headers, problem = problem_of(raw)
-        assert status == 503 and headers["retry-after"] == "1" and problem["type"].endswith("/too-many-connections")
+        before = open_fds(gateway.pid)
+        for _ in range(50):
+            extra = socket.create_connection(("127.0.0.1", gateway.port))
+            raw, took = read_answer(extra, 5)
+            extra.close()
+            status, headers, problem = problem_of(raw)
+            assert status == 503 and headers["retry-after"] == "1" and problem["type"].endswith("/too-many-connections")
+            assert took < 3, "a refused connection is closed at once"
+        # Refused sockets are closed by the gateway, not left for the client to drop.
+        wait_until(lambda: open_fds(gateway.pid) <= before + 2, 10, message="refused sockets to be closed")
     finally:
         for s in held:
             s.close()
@@ -302,7 +311,7 @@ def test_sweep_removes_old_uploads_without_a_manifest_and_keeps_the_rest(service
         (directory / "thumb.jpg").write_bytes(b"left behind")
     result = sweep("--data-dir", str(gateway.data_dir))
     assert result.returncode == 0, result.stderr
-    assert "orphaned_uploads=1 removed_objects=2 recent_without_manifest=1" in result.stdout
+    assert "images=1 orphaned_uploads=1 removed_objects=2 recent_without_manifest=1" in result.stdout
     assert not (gateway.data_dir / "images" / old).exists()
     assert (gateway.data_dir / "images" / recent / "thumb.jpg").exists()
     assert requests.get(f"{gateway.url}/v1/images/{kept['id']}", timeout=10).status_code == 200
@@ -389,3 +398,74 @@ def test_s3_killed_mid_uploads_leaves_no_orphans_after_cleanup_and_sweep(service
         manifest = json.loads(restarted.client().get_object(Bucket="killed", Key=f"images/{image_id}/manifest.json")["Body"].read())
         named = {manifest["original"]["key"].split("/")[-1], *(v["key"].split("/")[-1] for v in manifest["variants"])}
         assert named <= names, f"manifest of {image_id} names missing objects"
+
+
+def test_an_early_answer_lingers_briefly_whatever_the_client_keeps_sending(guarded):
+    # Answered at once (a GET with a body nobody wants), then a byte a second: the connection
+    # must still close after the short linger, not stay open as long as the client sends.
+    s = socket.create_connection(("127.0.0.1", guarded.port))
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\nx")
+    stop = threading.Event()
+
+    def drip():
+        while not stop.is_set():
+            try:
+                s.sendall(b"x")
+            except OSError:
+                return
+            stop.wait(0.5)
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    try:
+        raw, took = read_answer(s, 20)
+    finally:
+        stop.set()
+        dripper.join()
+        s.close()
+    assert raw.startswith(b"HTTP/1.1 200") and b"connection: close" in raw.lower()
+    print(f"early answer: closed after {took:.1f}s")
+    assert took < 8
+
+
+def test_the_header_timeout_counts_from_the_first_byte_of_each_request(guarded):
+    s = socket.create_connection(("127.0.0.1", guarded.port))
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = s.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200")
+        # Idle on keep-alive for longer than the header timeout (fine), then a slow header.
+        time.sleep(3)
+        started = time.monotonic()
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost:")
+        raw, _ = read_answer(s, 15)
+        took = time.monotonic() - started
+    finally:
+        s.close()
+    status, _, problem = problem_of(raw)
+    assert status == 408 and "header" in problem["detail"]
+    print(f"slow header on a kept-alive connection cut after {took:.1f}s (header timeout 2s)")
+    assert took < 5
+
+
+def test_pipelined_requests_are_all_answered(guarded):
+    s = socket.create_connection(("127.0.0.1", guarded.port))
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/recipes HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw, _ = read_answer(s, 10)
+    finally:
+        s.close()
+    assert raw.count(b"HTTP/1.1 200") == 3, raw[:500]
+
+
+def test_sweep_also_removes_temporaries_of_abandoned_uploads(services):
+    processor = services.processor()
+    gateway = services.gateway([processor])
+    directory = gateway.data_dir / "images" / uuid7_at(7200)
+    directory.mkdir(parents=True)
+    (directory / f".original.jpg.{uuid.uuid4()}.tmp").write_bytes(b"half")
+    result = sweep("--data-dir", str(gateway.data_dir))
+    assert result.returncode == 0, result.stderr
+    assert "orphaned_uploads=1 removed_objects=1" in result.stdout
+    assert not directory.exists()
