@@ -328,7 +328,13 @@ def s3_gateway(services, seaweed, bucket, *flags):
 def test_frozen_s3_answers_within_the_upload_timeout_and_reads_fail_fast(services, tmp_path):
     weed = services.add(Seaweed(tmp_path / "frozen"))
     gateway = s3_gateway(services, weed, "frozen", "--upload-timeout", "4s")
-    manifest = gateway.upload(photo("Garden.jpg")).json()
+
+    def stored():
+        r = gateway.upload(photo("Garden.jpg"))
+        return r.json() if r.status_code == 201 else None
+
+    # A new SeaweedFS may refuse writes until its first volume is allocated.
+    manifest = wait_until(stored, 60, 0.5, "a first upload to be stored")
     weed.signal(signal.SIGSTOP)
     try:
         start = time.monotonic()
