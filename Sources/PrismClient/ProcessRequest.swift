@@ -43,3 +43,15 @@ public struct ProcessResult: Sendable {
     public var complete: Prism_V1_Complete
     public var source: Prism_V1_SourceInfo { self.complete.source }
 }
+
+extension VariantResult {
+    /// The longest processing time believed from a processor: far beyond any call's deadline,
+    /// yet small enough that every `Duration` computation downstream (nanoseconds for metrics)
+    /// stays in range whatever number a confused or hostile processor sends.
+    static let maxReportedProcessTime: UInt64 = 24 * 3600 * 1_000_000
+
+    /// `process_us` from a Response as a `Duration`, clamped to `maxReportedProcessTime`.
+    static func processDuration(microseconds: UInt64) -> Duration {
+        .microseconds(min(microseconds, Self.maxReportedProcessTime))
+    }
+}

@@ -15,6 +15,14 @@ public struct ProcessorClientConfiguration: Sendable {
     /// How much later than the deadline it sent the client gives up on a call itself, if the
     /// server has not answered DEADLINE_EXCEEDED by then.
     public var deadlineGrace: Duration = .milliseconds(500)
+    /// How often the connection pings the processor on its own, busy or idle, so that a hung
+    /// host is noticed while calls wait on it. Nil sends no pings but those of `ping()`.
+    public var pingInterval: Duration? = nil
+    /// How long after a ping the processor may stay completely silent (no Pong, no byte of
+    /// anything else) before the connection is declared dead and closed; its calls then fail
+    /// with a retryable UNAVAILABLE. Must exceed the time to send the largest request, which
+    /// a ping queues behind.
+    public var pingTimeout: Duration = .seconds(2)
 
     public init() {}
 }

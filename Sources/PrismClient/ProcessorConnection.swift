@@ -1,4 +1,3 @@
-public import Foundation
 public import Logging
 public import NIOCore
 public import NIOPosix
@@ -21,18 +20,35 @@ import Synchronization
 /// Cancelling the task that awaits `process` sends a Cancel frame, and the processor stops
 /// its computation. Errors are `PrismRPCError`s; `isRetryable` says whether the call may be
 /// sent to another processor.
+///
+/// The connection's rules live in `ConnectionStateMachine`; this class feeds it events and
+/// carries out what it decides, outside its lock.
 public final class ProcessorConnection: Sendable {
     public let remoteDescription: String
     let channel: NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>
     let configuration: ProcessorClientConfiguration
     let logger: Logger
-    private let state = Mutex(State())
+    let activity: InboundActivity
+    let state: Mutex<ConnectionStateMachine<CallSink, Waiter>>
 
-    private init(channel: NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>, remote: String, configuration: ProcessorClientConfiguration, logger: Logger) {
+    typealias CallSink = AsyncThrowingStream<CallEvent, any Error>.Continuation
+    typealias Waiter = CheckedContinuation<Void, any Error>
+
+    private init(
+        channel: NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>,
+        remote: String,
+        activity: InboundActivity,
+        configuration: ProcessorClientConfiguration,
+        logger: Logger
+    ) {
         self.channel = channel
         self.remoteDescription = remote
+        self.activity = activity
         self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "processor"] = "\(remote)"
         self.logger = logger
+        self.state = Mutex(ConnectionStateMachine(remote: remote, pingTimeout: TimeAmount(configuration.pingTimeout)))
     }
 
     // MARK: Lifecycle
@@ -46,13 +62,15 @@ public final class ProcessorConnection: Sendable {
         logger: Logger = Logger(label: "prism.client")
     ) async throws -> ProcessorConnection {
         let maxFrameSize = configuration.maxFrameSize
+        let activity = InboundActivity()
         let channel: NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>
         do {
             channel = try await ClientBootstrap(group: eventLoopGroup)
-                .connectTimeout(.nanoseconds(Int64(configuration.connectTimeout.components.seconds * 1_000_000_000 + configuration.connectTimeout.components.attoseconds / 1_000_000_000)))
+                .connectTimeout(TimeAmount(configuration.connectTimeout))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .connect(host: host, port: port) { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(InboundActivityHandler(activity))
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrameSize)))
                         try channel.pipeline.syncOperations.addHandler(FrameEncoder())
                         return try NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>(wrappingChannelSynchronously: channel)
@@ -61,7 +79,8 @@ public final class ProcessorConnection: Sendable {
         } catch {
             throw PrismRPCError(code: .unavailable, message: "Could not connect to the processor at \(host):\(port): \(error).", isRetryable: true)
         }
-        return ProcessorConnection(channel: channel, remote: "\(host):\(port)", configuration: configuration, logger: logger)
+        activity.record()
+        return ProcessorConnection(channel: channel, remote: "\(host):\(port)", activity: activity, configuration: configuration, logger: logger)
     }
 
     /// Connects, runs the connection while `body` runs, and closes it afterwards.
@@ -81,11 +100,21 @@ public final class ProcessorConnection: Sendable {
     }
 
     /// Performs the handshake, then delivers frames to their calls until the connection ends.
-    /// When it returns, every call still waiting has failed with a retryable UNAVAILABLE.
+    /// When it returns, every call and waiter has been answered: calls in flight with a
+    /// retryable UNAVAILABLE (or the error that closed the connection).
     public func run() async {
-        let timeout = self.channel.channel.eventLoop.scheduleTask(in: .init(self.configuration.handshakeTimeout)) { [self] in
-            if self.state.withLock({ $0.phase == .connecting }) {
-                self.shutDown(with: PrismRPCError(code: .unavailable, message: "The processor at \(self.remoteDescription) did not answer the handshake in time.", isRetryable: true))
+        let eventLoop = self.channel.channel.eventLoop
+        let handshakeTimeout = self.configuration.handshakeTimeout
+        let handshakeTimer = eventLoop.scheduleTask(in: TimeAmount(handshakeTimeout)) { [self] in
+            if let teardown = self.state.withLock({ $0.handshakeTimedOut(after: handshakeTimeout) }) {
+                self.perform(teardown)
+            }
+        }
+        // On the event loop, not in a task: it must fire even when every task that could
+        // notice is itself waiting on this connection.
+        let keepalive = self.configuration.pingInterval.map { interval in
+            eventLoop.scheduleRepeatedTask(initialDelay: TimeAmount(interval), delay: TimeAmount(interval)) { [self] _ in
+                self.keepaliveTick()
             }
         }
         var hello = Prism_V1_Hello()
@@ -95,21 +124,25 @@ public final class ProcessorConnection: Sendable {
         hello.agent = self.configuration.agent
         self.send(.hello(hello))
 
-        var failure = PrismRPCError.connectionLost("the processor closed the connection")
-        do {
-            try await self.channel.executeThenClose { inbound, _ in
-                for try await frame in inbound {
-                    if let error = self.handle(frame) {
-                        failure = error
-                        return
+        let failure: PrismRPCError = await withTaskCancellationHandler {
+            do {
+                return try await self.channel.executeThenClose { inbound, _ -> PrismRPCError in
+                    for try await frame in inbound {
+                        if self.handle(frame) { break }
                     }
+                    return .connectionLost("the processor closed the connection")
                 }
+            } catch {
+                return .connectionLost(String(describing: error))
             }
-        } catch {
-            failure = .connectionLost(String(describing: error))
+        } onCancel: {
+            self.close()
         }
-        timeout.cancel()
-        self.shutDown(with: failure)
+        handshakeTimer.cancel()
+        keepalive?.cancel()
+        if let teardown = self.state.withLock({ $0.close(failure) }) {
+            self.perform(teardown)
+        }
     }
 
     /// Closes the connection; calls in flight fail with a retryable UNAVAILABLE.
@@ -117,14 +150,21 @@ public final class ProcessorConnection: Sendable {
         self.channel.channel.close(promise: nil)
     }
 
+    /// Takes no new calls and closes the connection once the calls in flight have ended.
+    public func drain() {
+        if let teardown = self.state.withLock({ $0.drain() }) {
+            self.perform(teardown)
+        }
+    }
+
     // MARK: State seen by pools
 
     /// Calls sent and not yet finished.
     public var inFlight: Int {
-        self.state.withLock { $0.calls.count }
+        self.state.withLock { $0.inFlight }
     }
 
-    /// True after the handshake and until a go-away or the end of the connection.
+    /// True after the handshake and until a go-away, a drain or the end of the connection.
     public var isReady: Bool {
         self.state.withLock { $0.phase == .ready }
     }
@@ -139,15 +179,17 @@ public final class ProcessorConnection: Sendable {
         self.state.withLock { $0.serverHello }
     }
 
+    /// Why the connection ended, once it has.
+    public var closeError: PrismRPCError? {
+        self.state.withLock { $0.closeError }
+    }
+
     /// Waits until the connection has ended.
     public func waitUntilClosed() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let closed = self.state.withLock { state -> Bool in
-                if state.phase == .closed { return true }
-                state.closeWaiters.append(continuation)
-                return false
-            }
-            if closed { continuation.resume() }
+        // The waiter is resumed without an error; the throwing type is shared with the others.
+        try? await withCheckedThrowingContinuation { (continuation: Waiter) in
+            let parked = self.state.withLock { $0.waitUntilClosed(continuation) }
+            if !parked { continuation.resume() }
         }
     }
 
@@ -155,39 +197,23 @@ public final class ProcessorConnection: Sendable {
     public func waitUntilReady() async throws {
         let id = UInt64.random(in: 1...UInt64.max)
         try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let outcome: Result<Void, PrismRPCError>? = self.state.withLock { state in
-                    switch state.phase {
-                    case .ready: return .success(())
-                    case .draining: return .failure(Self.drainingError)
-                    case .closed: return .failure(state.closeError ?? .connectionLost("closed"))
-                    case .connecting:
-                        state.readyWaiters[id] = continuation
-                        return nil
-                    }
+            try await withCheckedThrowingContinuation { (continuation: Waiter) in
+                let check = self.state.withLock { state -> ConnectionStateMachine<CallSink, Waiter>.ReadyCheck? in
+                    // Checked under the lock: a cancellation handler that ran before the waiter
+                    // was parked found nothing to resume, so the waiter must not be parked.
+                    if Task.isCancelled { return nil }
+                    return state.waitForReady(id, continuation)
                 }
-                if let outcome { continuation.resume(with: outcome) }
+                switch check {
+                case nil: continuation.resume(throwing: CancellationError())
+                case .ready: continuation.resume()
+                case .failed(let error): continuation.resume(throwing: error)
+                case .waiting: break
+                }
             }
         } onCancel: {
-            let waiter = self.state.withLock { $0.readyWaiters.removeValue(forKey: id) }
-            waiter?.resume(throwing: CancellationError())
+            self.state.withLock { $0.cancelReadyWait(id) }?.resume(throwing: CancellationError())
         }
-    }
-
-    /// Sends a Ping and waits for its Pong: a liveness check that does not touch any call.
-    public func ping() async throws -> Duration {
-        try await self.waitUntilReady()
-        let payload = UInt64.random(in: 1...UInt64.max)
-        let start = ContinuousClock.now
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let closed = self.state.withLock { state -> PrismRPCError? in
-                if state.phase == .closed { return state.closeError ?? .connectionLost("closed") }
-                state.pingWaiters[payload] = continuation
-                return nil
-            }
-            if let closed { continuation.resume(throwing: closed) } else { self.send(.ping(payload)) }
-        }
-        return ContinuousClock.now - start
     }
 
     // MARK: Calls
@@ -200,7 +226,9 @@ public final class ProcessorConnection: Sendable {
     ///     caller can store it while the others are still being made. An error it throws
     ///     cancels the call.
     /// - Returns: every variant in spec order.
-    /// - Throws: `PrismRPCError` (CancellationError if the calling task was cancelled).
+    /// - Throws: `PrismRPCError` (CancellationError if the calling task was cancelled). A
+    ///   request larger than the processor's announced `max_frame_size` fails before anything
+    ///   is sent with RESOURCE_EXHAUSTED / FRAME_TOO_LARGE, not retryable.
     public func process(
         _ request: ProcessRequest,
         onVariant: (VariantResult) async throws -> Void = { _ in }
@@ -217,27 +245,21 @@ public final class ProcessorConnection: Sendable {
             }
             message.timeoutMs = UInt32(clamping: remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000)
         }
+        let requestSize = try FrameSize.request(message)
 
         let (events, continuation) = AsyncThrowingStream<CallEvent, any Error>.makeStream()
-        let registered: Result<UInt64, PrismRPCError> = self.state.withLock { state in
-            switch state.phase {
-            case .ready:
-                let id = state.nextCallID
-                state.nextCallID += 1
-                state.calls[id] = continuation
-                return .success(id)
-            case .draining, .connecting:
-                return .failure(Self.drainingError)
-            case .closed:
-                return .failure(state.closeError ?? .connectionLost("closed"))
-            }
+        let callID: UInt64
+        switch self.state.withLock({ $0.startCall(continuation, requestSize: requestSize) }) {
+        case .send(let id):
+            callID = id
+        case .refuse(let error):
+            throw error
         }
-        let callID = try registered.get()
 
         var timer: Scheduled<Void>? = nil
         if let deadline = request.deadline {
             let giveUp = ContinuousClock.now.duration(to: deadline) + self.configuration.deadlineGrace
-            timer = self.channel.channel.eventLoop.scheduleTask(in: .init(giveUp)) { [self] in
+            timer = self.channel.channel.eventLoop.scheduleTask(in: TimeAmount(giveUp)) { [self] in
                 self.abandon(callID, with: PrismRPCError(code: .deadlineExceeded, message: "The processor did not answer before the deadline."))
             }
         }
@@ -263,7 +285,7 @@ public final class ProcessorConnection: Sendable {
                         width: Int(response.width),
                         height: Int(response.height),
                         format: response.format,
-                        processDuration: .microseconds(response.processUs)
+                        processDuration: VariantResult.processDuration(microseconds: response.processUs)
                     )
                     variants.append(result)
                     try await onVariant(result)
@@ -281,9 +303,11 @@ public final class ProcessorConnection: Sendable {
 
     /// Stops waiting for a call and tells the server to stop working on it.
     private func abandon(_ callID: UInt64, with error: any Error) {
-        guard let continuation = self.state.withLock({ $0.calls.removeValue(forKey: callID) }) else { return }
-        continuation.finish(throwing: error)
+        let end = self.state.withLock { $0.callEnded(callID) }
+        guard let call = end.call else { return }
+        call.finish(throwing: error)
         self.send(.cancel(callID: callID))
+        if let teardown = end.teardown { self.perform(teardown) }
     }
 
     // MARK: Frames
@@ -294,92 +318,72 @@ public final class ProcessorConnection: Sendable {
         self.channel.channel.writeAndFlush(frame, promise: nil)
     }
 
-    /// Handles one inbound frame; returns an error when the connection must end.
-    private func handle(_ frame: Prism_V1_Frame) -> PrismRPCError? {
+    /// Handles one inbound frame; returns true when the connection has closed and reading
+    /// should stop.
+    private func handle(_ frame: Prism_V1_Frame) -> Bool {
         switch frame.kind {
         case .hello(let hello):
-            let waiters: [CheckedContinuation<Void, any Error>]? = self.state.withLock { state in
-                guard state.phase == .connecting else { return nil }
-                state.phase = .ready
-                state.serverHello = hello
-                defer { state.readyWaiters.removeAll() }
-                return Array(state.readyWaiters.values)
+            switch self.state.withLock({ $0.helloReceived(hello) }) {
+            case .ready(let waiters):
+                waiters.forEach { $0.resume() }
+            case .close(let teardown):
+                // Debug only: the error reaches every waiter, and a pool logs it once.
+                self.logger.debug("processor handshake failed", metadata: ["error": "\(teardown.error)"])
+                self.perform(teardown)
+                return true
+            case .ignore:
+                return true
             }
-            guard let waiters else { return nil }  // a second Hello: ignore
-            guard hello.protocolVersion == PrismProtocol.version else {
-                return PrismRPCError(code: .failedPrecondition, reason: .unsupportedVersion, message: "The processor speaks protocol version \(hello.protocolVersion); this client speaks \(PrismProtocol.version).")
-            }
-            waiters.forEach { $0.resume() }
         case .response(let response):
-            _ = self.state.withLock { $0.calls[frame.callID] }?.yield(.variant(response))
+            self.state.withLock { $0.call(frame.callID) }?.yield(.variant(response))
         case .complete(let complete):
-            if let continuation = self.state.withLock({ $0.calls.removeValue(forKey: frame.callID) }) {
-                continuation.yield(.complete(complete))
-                continuation.finish()
-            }
+            let end = self.state.withLock { $0.callEnded(frame.callID) }
+            end.call?.yield(.complete(complete))
+            end.call?.finish()
+            if let teardown = end.teardown { self.perform(teardown) }
         case .error(let error):
             if frame.callID == 0 {
-                return PrismRPCError(error)
+                if let teardown = self.state.withLock({ $0.connectionErrorReceived(error) }) {
+                    self.logger.notice("processor closed the connection with an error", metadata: ["error": "\(PrismRPCError(error))"])
+                    self.perform(teardown)
+                }
+                return true
             }
-            self.state.withLock { $0.calls.removeValue(forKey: frame.callID) }?.finish(throwing: PrismRPCError(error))
+            let end = self.state.withLock { $0.callEnded(frame.callID) }
+            end.call?.finish(throwing: PrismRPCError(error))
+            if let teardown = end.teardown { self.perform(teardown) }
         case .ping(let ping):
             self.send(.pong(ping.payload))
         case .pong(let pong):
-            self.state.withLock { $0.pingWaiters.removeValue(forKey: pong.payload) }?.resume()
+            self.state.withLock { $0.pongReceived(pong.payload) }?.resume()
         case .goAway(let goAway):
             // Calls the server did not accept fail now, retryably; the rest finish normally.
-            let refused = self.state.withLock { state -> [AsyncThrowingStream<CallEvent, any Error>.Continuation] in
-                if state.phase == .ready { state.phase = .draining }
-                let ids = state.calls.keys.filter { $0 > goAway.lastCallID }
-                return ids.compactMap { state.calls.removeValue(forKey: $0) }
-            }
-            self.logger.debug("processor is draining", metadata: ["processor": "\(self.remoteDescription)", "reason": "\(goAway.reason)"])
-            refused.forEach { $0.finish(throwing: Self.drainingError) }
+            let action = self.state.withLock { $0.goAwayReceived(lastCallID: goAway.lastCallID) }
+            self.logger.debug("processor is draining", metadata: ["reason": "\(goAway.reason)"])
+            let error = ConnectionStateMachine<CallSink, Waiter>.drainingError
+            action.refused.forEach { $0.finish(throwing: error) }
+            action.waiters.forEach { $0.resume(throwing: error) }
+            if let teardown = action.teardown { self.perform(teardown) }
         case .request, .cancel, nil:
             break  // not for clients, or a kind this version does not know: ignored
         }
-        return nil
+        return false
     }
 
-    /// Ends every call and waiter with `error`.
-    private func shutDown(with error: PrismRPCError) {
-        let (calls, readyWaiters, pingWaiters, closeWaiters) = self.state.withLock { state in
-            state.phase = .closed
-            if state.closeError == nil { state.closeError = error }
-            defer {
-                state.calls.removeAll()
-                state.readyWaiters.removeAll()
-                state.pingWaiters.removeAll()
-                state.closeWaiters.removeAll()
-            }
-            return (Array(state.calls.values), Array(state.readyWaiters.values), Array(state.pingWaiters.values), state.closeWaiters)
+    /// Ends every call and waiter a closing connection still had, then closes the channel
+    /// (which ends `run()`).
+    func perform(_ teardown: ConnectionStateMachine<CallSink, Waiter>.Teardown) {
+        if let goodbye = teardown.goodbye {
+            self.send(.error(callID: 0, goodbye))
         }
-        let reported = self.state.withLock { $0.closeError } ?? error
-        calls.forEach { $0.finish(throwing: reported) }
-        readyWaiters.forEach { $0.resume(throwing: reported) }
-        pingWaiters.forEach { $0.resume(throwing: reported) }
-        closeWaiters.forEach { $0.resume() }
+        teardown.calls.forEach { $0.finish(throwing: teardown.error) }
+        teardown.waiters.forEach { $0.resume(throwing: teardown.error) }
+        teardown.closeWaiters.forEach { $0.resume() }
         self.channel.channel.close(promise: nil)
     }
-
-    static let drainingError = PrismRPCError(code: .unavailable, reason: .shuttingDown, message: "The processor is shutting down and takes no new calls.", isRetryable: true)
-
-    // MARK: State
 
     enum CallEvent: Sendable {
         case variant(Prism_V1_Response)
         case complete(Prism_V1_Complete)
-    }
-
-    struct State: ~Copyable {
-        enum Phase { case connecting, ready, draining, closed }
-        var phase = Phase.connecting
-        var serverHello: Prism_V1_Hello?
-        var closeError: PrismRPCError?
-        var nextCallID: UInt64 = 1
-        var calls: [UInt64: AsyncThrowingStream<CallEvent, any Error>.Continuation] = [:]
-        var readyWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
-        var pingWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
-        var closeWaiters: [CheckedContinuation<Void, Never>] = []
     }
 }
