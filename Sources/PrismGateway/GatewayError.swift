@@ -106,6 +106,10 @@ public struct GatewayError: Error, HTTPResponseError, Sendable {
             return GatewayError(.unprocessableContent, "too-many-pixels", "Image too large", detail: error.message)
         case (_, .impossibleVariant), (_, .outputTooLarge), (_, .invalidSpec):
             return GatewayError(.unprocessableContent, "variant-refused", "A variant cannot be made", detail: error.message, variant: error.variant)
+        case (_, .frameTooLarge):
+            // Refused before sending: the processors take smaller requests than this upload.
+            return GatewayError(.contentTooLarge, "too-large", "Upload too large",
+                detail: "The image is larger than the image processors accept; send a smaller image.")
         case (.deadlineExceeded, _):
             return .deadline
         case (.resourceExhausted, _):

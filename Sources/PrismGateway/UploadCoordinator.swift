@@ -52,7 +52,11 @@ struct UploadCoordinator: Sendable {
         do {
             let log = logger
             let manifest = try await withDeadline(deadline) {
-                try await self.make(source, recipe: recipe, id: id, requestID: requestID, deadline: deadline, written: written, committed: committed, logger: log)
+                // Writes end by the deadline on their own (the store's timeouts are cut to it),
+                // so they need not be cancelled, see `finishWrite`.
+                try await StorageDeadline.$current.withValue(deadline) {
+                    try await self.make(source, recipe: recipe, id: id, requestID: requestID, deadline: deadline, written: written, committed: committed, logger: log)
+                }
             }
             self.metrics.stage("total", clock.now - start)
             return manifest
@@ -107,7 +111,8 @@ struct UploadCoordinator: Sendable {
                 let sha256 = Digest.sha256Hex(source)
                 written.add(originalKey)
                 let stored = clock.now
-                _ = try await self.store.put(key: originalKey, body: source, contentType: contentType(forKey: originalKey), cacheControl: cacheControl)
+                let store = self.store
+                _ = try await finishWrite { try await store.put(key: originalKey, body: source, contentType: contentType(forKey: originalKey), cacheControl: cacheControl) }
                 self.metrics.stored(bytes: source.count, duration: clock.now - stored)
                 return .original(sha256: sha256)
             }
@@ -120,7 +125,8 @@ struct UploadCoordinator: Sendable {
                         let key = Self.variantKey(id: id, spec: specs[variant.index])
                         written.add(key)
                         let stored = clock.now
-                        let etag = try await self.store.put(key: key, body: variant.data, contentType: contentType(forKey: key), cacheControl: cacheControl)
+                        let store = self.store
+                        let etag = try await finishWrite { try await store.put(key: key, body: variant.data, contentType: contentType(forKey: key), cacheControl: cacheControl) }
                         self.metrics.stored(bytes: variant.data.count, duration: clock.now - stored)
                         self.metrics.variant(variant.processDuration)
                         etags.withLock { $0[variant.index] = etag }
@@ -214,6 +220,16 @@ struct UploadCoordinator: Sendable {
             return GatewayError.internalError
         }
     }
+}
+
+/// Runs a store write to its end even if the calling task is cancelled (another variant failed,
+/// the client left).
+///
+/// A write cut off mid-transfer may still land on the server after the cleanup's DELETE of the
+/// same key (seen with SeaweedFS): the object would be orphaned. Letting it finish, bounded by
+/// the upload's deadline through `StorageDeadline`, makes the cleanup that follows reliable.
+func finishWrite<T: Sendable>(_ write: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await Task { try await write() }.value
 }
 
 /// Thrown by `withDeadline` when the deadline passes first.

@@ -24,6 +24,13 @@ public protocol ObjectStore: Sendable {
     func url(for key: String) -> String
 }
 
+/// The deadline of the work the calling task is part of (an upload): remote stores end their
+/// transfers by then, whatever their own timeouts. A task-local, so it reaches every call made
+/// inside `StorageDeadline.$current.withValue(deadline) { ... }`, child tasks included.
+public enum StorageDeadline {
+    @TaskLocal public static var current: ContinuousClock.Instant?
+}
+
 extension ObjectStore {
     public func listAll(prefix: String) async throws(StorageError) -> [String] {
         try await self.list(prefix: prefix)

@@ -85,10 +85,18 @@ public final class S3Store: ObjectStore {
         // libcurl 7.88 signs with this header when it is present, and S3 requires it.
         all.append("x-amz-content-sha256: \(Digest.sha256Hex(payload))")
         if let token = self.config.sessionToken { all.append("x-amz-security-token: \(token)") }
+        var timeout = method == "GET" || method == "HEAD" ? self.config.readTimeout : self.config.requestTimeout
+        if let deadline = StorageDeadline.current {
+            let remaining = ContinuousClock.now.duration(to: deadline)
+            guard remaining > .milliseconds(1) else {
+                throw StorageError("The object store call was not made: its deadline had passed.", detail: "\(method) after the deadline")
+            }
+            timeout = min(timeout, remaining)
+        }
         let request = CurlDriver.Request(
             method: method, url: url, headers: all, body: body,
             sigV4: ("aws:amz:\(self.config.region):s3", "\(self.config.accessKeyID):\(self.config.secretAccessKey)"),
-            timeout: method == "GET" || method == "HEAD" ? self.config.readTimeout : self.config.requestTimeout
+            timeout: timeout
         )
         do {
             return try await self.curl.perform(request)

@@ -160,6 +160,12 @@ struct GatewayOptions: ParsableArguments {
     @Option(help: "Log format: logfmt or json. (env PRISM_LOG_FORMAT; default logfmt)")
     var logFormat: LogFormat?
 
+    @Option(help: "How often each processor connection is pinged. (env PRISM_PROCESSOR_PING_INTERVAL; default 2s)")
+    var processorPingInterval: DurationSetting?
+
+    @Option(help: "A processor that sends nothing for this long after a ping is dropped and its calls retried elsewhere; must exceed the time to send the largest upload to a processor. (env PRISM_PROCESSOR_PING_TIMEOUT; default 2s)")
+    var processorPingTimeout: DurationSetting?
+
     @Option(help: "Time a client has to send a request header once it starts (408 beyond). (env PRISM_HEADER_TIMEOUT; default 10s)")
     var headerTimeout: DurationSetting?
 
@@ -254,6 +260,10 @@ struct GatewayOptions: ParsableArguments {
         case let other:
             throw ValidationError("--storage (PRISM_STORAGE) must be local or s3; got \(other).")
         }
+        config.processors.pingInterval = try settings.value(self.processorPingInterval, env: "PRISM_PROCESSOR_PING_INTERVAL", default: DurationSetting(config.processors.pingInterval)).duration
+        try Settings.check(config.processors.pingInterval, in: .milliseconds(100)...(.seconds(600)), "--processor-ping-interval (PRISM_PROCESSOR_PING_INTERVAL)")
+        config.processors.pingTimeout = try settings.value(self.processorPingTimeout, env: "PRISM_PROCESSOR_PING_TIMEOUT", default: DurationSetting(config.processors.pingTimeout)).duration
+        try Settings.check(config.processors.pingTimeout, in: .milliseconds(100)...(.seconds(600)), "--processor-ping-timeout (PRISM_PROCESSOR_PING_TIMEOUT)")
         config.http.headerTimeout = try settings.value(self.headerTimeout, env: "PRISM_HEADER_TIMEOUT", default: DurationSetting(config.http.headerTimeout)).duration
         try Settings.check(config.http.headerTimeout, in: .milliseconds(100)...(.seconds(3600)), "--header-timeout (PRISM_HEADER_TIMEOUT)")
         config.http.bodyIdleTimeout = try settings.value(self.bodyIdleTimeout, env: "PRISM_BODY_IDLE_TIMEOUT", default: DurationSetting(config.http.bodyIdleTimeout)).duration
@@ -284,6 +294,7 @@ struct GatewayOptions: ParsableArguments {
             ("api_keys", "\(config.apiKeys.count)"), ("max_upload_size", "\(config.maxUploadBytes)"),
             ("upload_timeout", "\(config.uploadTimeout)"), ("max_concurrent_uploads", "\(config.maxConcurrentUploads)"),
             ("split", config.split.rawValue),
+            ("processor_ping", "every \(config.processors.pingInterval), timeout \(config.processors.pingTimeout)"),
             ("header_timeout", "\(config.http.headerTimeout)"), ("body_idle_timeout", "\(config.http.bodyIdleTimeout)"),
             ("body_timeout", "\(config.http.bodyTimeout)"), ("keep_alive_timeout", "\(config.http.keepAliveTimeout)"),
             ("max_connections", "\(config.http.maxConnections)"), ("max_upload_memory", "\(config.maxUploadMemory)"),
