@@ -53,16 +53,88 @@ static inline void prism_watch(VipsImage *image, PrismCancel *c) {
 
 // ---- loading --------------------------------------------------------------------------------
 
+// A read-only stream over caller-owned memory that fails its next read once `cancel` says stop.
+// Decoders run stretches of work libvips cannot interrupt (libjpeg absorbs every scan of a
+// progressive JPEG before the first row comes out), but they all read their input as they go,
+// and a failed read ends them at once.
+typedef struct {
+    const unsigned char *data;
+    gint64 length;
+    gint64 position;
+    PrismCancel *cancel;
+} PrismReader;
+
+static gint64 prism__reader_read(VipsSourceCustom *source, void *buffer, gint64 length,
+                                 gpointer user) {
+    (void)source;
+    PrismReader *r = (PrismReader *)user;
+    if (prism_cancel_should_stop(r->cancel)) {
+        __atomic_store_n(&r->cancel->stopped, 1, __ATOMIC_SEQ_CST);
+        vips_error("prism", "%s", "read stopped: the job was cancelled");
+        return -1;
+    }
+    gint64 n = r->length - r->position;
+    if (n > length) n = length;
+    if (n <= 0) return 0;
+    memcpy(buffer, r->data + r->position, (size_t)n);
+    r->position += n;
+    return n;
+}
+
+static gint64 prism__reader_seek(VipsSourceCustom *source, gint64 offset, int whence,
+                                 gpointer user) {
+    (void)source;
+    PrismReader *r = (PrismReader *)user;
+    gint64 base;
+    switch (whence) {
+    case SEEK_SET: base = 0; break;
+    case SEEK_CUR: base = r->position; break;
+    case SEEK_END: base = r->length; break;
+    default: return -1;
+    }
+    if (base + offset < 0 || base + offset > r->length) return -1;
+    r->position = base + offset;
+    return r->position;
+}
+
+// A source over `buf` (not copied) whose reads fail once `cancel` says stop. The source owns
+// its reader state; `buf` and `cancel` must outlive it.
+static inline VipsSource *prism_watched_source(const void *buf, size_t len, PrismCancel *cancel) {
+    VipsSourceCustom *source = vips_source_custom_new();
+    if (source == NULL) return NULL;
+    PrismReader *r = g_new0(PrismReader, 1);
+    r->data = (const unsigned char *)buf;
+    r->length = (gint64)len;
+    r->cancel = cancel;
+    g_object_set_data_full(G_OBJECT(source), "prism-reader", r, g_free);
+    g_signal_connect(source, "read", G_CALLBACK(prism__reader_read), r);
+    g_signal_connect(source, "seek", G_CALLBACK(prism__reader_seek), r);
+    return VIPS_SOURCE(source);
+}
+
 // Opens `buf` (not copied: it must stay alive as long as the image) lazily: only the header is
 // read here. `shrink` (1, 2, 4, 8) asks JPEG and WebP loaders to decode at reduced size.
 // `sequential` streams top to bottom (one pass); otherwise random access.
 // `strict` fails on any decoder warning (corrupt entropy data...), else only on errors and
-// truncation.
-static inline int prism_load_buffer(const void *buf, size_t len, const char *loader, int shrink,
-                                    int sequential, int strict, VipsImage **out) {
+// truncation. With `cancel`, JPEG and PNG are read through prism_watched_source (other loaders
+// would copy a non-memory source whole, so they read the buffer directly).
+static inline int prism_load(const void *buf, size_t len, const char *loader, int shrink,
+                             int sequential, int strict, PrismCancel *cancel, VipsImage **out) {
     VipsAccess access = sequential ? VIPS_ACCESS_SEQUENTIAL : VIPS_ACCESS_RANDOM;
     VipsFailOn fail_on = strict ? VIPS_FAIL_ON_WARNING : VIPS_FAIL_ON_TRUNCATED;
-    if (loader != NULL && strcmp(loader, "VipsForeignLoadJpegBuffer") == 0) {
+    int is_jpeg = loader != NULL && strcmp(loader, "VipsForeignLoadJpegBuffer") == 0;
+    int is_png = loader != NULL && strcmp(loader, "VipsForeignLoadPngBuffer") == 0;
+    if (cancel != NULL && (is_jpeg || is_png)) {
+        VipsSource *source = prism_watched_source(buf, len, cancel);
+        if (source == NULL) return -1;
+        int r = is_jpeg
+            ? vips_jpegload_source(source, out, "shrink", shrink, "access", access,
+                                   "fail_on", fail_on, NULL)
+            : vips_pngload_source(source, out, "access", access, "fail_on", fail_on, NULL);
+        g_object_unref(source);  // the loader holds its own reference while it needs one
+        return r;
+    }
+    if (is_jpeg) {
         return vips_jpegload_buffer((void *)buf, len, out, "shrink", shrink, "access", access,
                                     "fail_on", fail_on, NULL);
     }

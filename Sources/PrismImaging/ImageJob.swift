@@ -168,26 +168,18 @@ private struct JobRun {
 
     /// Names the loader for the bytes, refusing what Prism does not read.
     private func sniff() throws(ImagingError) -> Loader {
-        guard let base = self.bytes.baseAddress,
-              let name = vips_foreign_find_load_buffer(base, self.bytes.count)
-        else {
+        var loaderName: String? = nil
+        if let base = self.bytes.baseAddress, let name = vips_foreign_find_load_buffer(base, self.bytes.count) {
+            loaderName = String(cString: name)
+        } else {
             vips_error_clear()
-            if let blocked = BlockedFormat.detect(self.bytes) {
-                throw ImagingError(
-                    code: .invalidArgument,
-                    reason: .blockedFormat,
-                    message: "Images in \(blocked) format are not accepted because their decoders are unsafe for untrusted input; convert to JPEG, PNG, WebP, AVIF or GIF first."
-                )
-            }
-            throw ImagingError(
-                code: .invalidArgument,
-                reason: .notAnImage,
-                message: "The upload is not an image in a format this server reads (JPEG, PNG, WebP, AVIF, HEIC, GIF, TIFF)."
-            )
         }
-        let loaderName = String(cString: name)
-        guard let loader = Loader(vipsName: loaderName) else {
-            let format = BlockedFormat.detect(self.bytes) ?? BlockedFormat.name(ofLoader: loaderName)
+        if let loaderName, let loader = Loader(vipsName: loaderName) {
+            return loader
+        }
+        // "Blocked" only on positive evidence of a format: magic bytes, or a loader whose
+        // sniffer checks them. Anything else is simply not an image.
+        if let format = BlockedFormat.detect(self.bytes) ?? loaderName.flatMap(BlockedFormat.name(ofLoader:)) {
             throw ImagingError(
                 code: .invalidArgument,
                 reason: .blockedFormat,
@@ -195,22 +187,31 @@ private struct JobRun {
                 detail: loaderName
             )
         }
-        return loader
+        throw ImagingError(
+            code: .invalidArgument,
+            reason: .notAnImage,
+            message: "The upload is not an image in a format this server reads (JPEG, PNG, WebP, AVIF, HEIC, GIF, TIFF).",
+            detail: loaderName
+        )
     }
 
     /// Opens the source lazily (header only) for one sequential top-to-bottom read.
+    ///
+    /// JPEG and PNG are read through a stream that checks the cancellation on every read:
+    /// decoders do work libvips cannot interrupt (libjpeg absorbs every scan of a progressive
+    /// JPEG before it returns the first row, 0.3-1 s for 18 MP; an interlaced PNG is decoded
+    /// whole), and a failed read is the one thing they all stop at.
     private func open(loader: Loader, shrink: Int) throws(ImagingError) -> VImage {
+        let watchReads: Int32 = loader.kind == .jpeg || loader.kind == .png ? 1 : 0
         do {
             return try VImage.make { out in
-                prism_load_buffer(self.bytes.baseAddress, self.bytes.count, loader.vipsName, Int32(shrink), 1, self.limits.failOnWarnings ? 1 : 0, out)
+                prism_load(
+                    self.bytes.baseAddress, self.bytes.count, loader.vipsName, Int32(shrink), 1,
+                    self.limits.failOnWarnings ? 1 : 0, watchReads == 1 ? self.cancellation.state : nil, out
+                )
             }
         } catch {
-            throw ImagingError(
-                code: .invalidArgument,
-                reason: .corruptImage,
-                message: "The image header could not be read: the file is truncated or corrupt.",
-                detail: error.detail
-            )
+            throw self.failure(error, reason: .corruptImage, message: "The image header could not be read: the file is truncated or corrupt.")
         }
     }
 

@@ -41,7 +41,13 @@ public final class JobCancellation: Sendable {
         }
     }
 
-    /// True once an eval handler has killed a computation for this job.
+    /// True once the job should stop: cancelled, or past its deadline. A job not started yet
+    /// need not start at all.
+    public var isStopped: Bool {
+        prism_cancel_should_stop(self.state) != 0
+    }
+
+    /// True once an eval handler (or a watched read) has stopped a computation for this job.
     public var killedComputation: Bool {
         prism_cancel_stopped(self.state) != 0
     }

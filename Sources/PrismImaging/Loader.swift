@@ -46,13 +46,19 @@ struct Loader {
 /// "blocked" rather than "not an image".
 enum BlockedFormat {
     /// A readable name for a libvips loader Prism refuses: "VipsForeignLoadSvgBuffer" -> "SVG".
-    static func name(ofLoader loader: String) -> String {
+    /// Nil for loaders whose match proves nothing: ImageMagick's sniffer claims almost any
+    /// bytes (1000 zero bytes included), so its match alone is no sign of an image.
+    static func name(ofLoader loader: String) -> String? {
+        // Every loader's name starts with "VipsForeignLoad"; match on what follows.
+        let kind = loader.hasPrefix("VipsForeignLoad") ? String(loader.dropFirst("VipsForeignLoad".count)) : loader
+        if kind.hasPrefix("Magick") { return nil }
         let known: [(String, String)] = [
-            ("Svg", "SVG"), ("Pdf", "PDF"), ("Magick", "ImageMagick-only"), ("Jp2k", "JPEG 2000"),
-            ("Jxl", "JPEG XL"), ("Openexr", "OpenEXR"), ("Fits", "FITS"), ("Matrix", "Matrix"),
-            ("Csv", "CSV"), ("Ppm", "PPM"), ("Rad", "Radiance"), ("Vips", "VIPS"), ("Openslide", "OpenSlide"),
+            ("Svg", "SVG"), ("Pdf", "PDF"), ("Jp2k", "JPEG 2000"), ("Jxl", "JPEG XL"),
+            ("Openexr", "OpenEXR"), ("Fits", "FITS"), ("Matrix", "Matrix"), ("Csv", "CSV"),
+            ("Ppm", "PPM"), ("Rad", "Radiance"), ("Openslide", "OpenSlide"),
         ]
-        return known.first { loader.contains($0.0) }?.1 ?? "this"
+        // Formats without a well-known name (libvips' own, say) are described, not named.
+        return known.first { kind.hasPrefix($0.0) }?.1 ?? "this"
     }
 
     static func detect(_ bytes: UnsafeRawBufferPointer) -> String? {

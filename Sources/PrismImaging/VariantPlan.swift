@@ -25,8 +25,11 @@ extension VariantPlan {
         guard let problem = VariantSpecRules.problem(in: spec, maxOutputDimension: limits.maxOutputDimension, maxOperations: limits.maxOperations) else {
             return
         }
-        let label = spec.name.isEmpty ? "#\(index)" : spec.name
-        let variant = spec.name.isEmpty ? nil : spec.name
+        // A name that breaks the rules is not repeated in the message (it may hold anything);
+        // the variant field carries it back when it is short enough to be harmless in a frame.
+        let nameIsValid = VariantSpecRules.nameProblem(spec.name) == nil
+        let label = spec.name.isEmpty || !nameIsValid ? "#\(index)" : spec.name
+        let variant = spec.name.isEmpty || spec.name.utf8.count > PrismProtocol.maxVariantNameBytes ? nil : spec.name
         let message = "Variant \(label): \(problem.message)"
         throw problem.exceedsLimits ? .outputTooLarge(message, variant: variant) : .invalidSpec(message, variant: variant)
     }

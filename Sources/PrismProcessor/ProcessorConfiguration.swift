@@ -16,8 +16,16 @@ public struct ProcessorConfiguration: Sendable {
     public var queueCapacity: Int = System.coreCount * 4
     /// Threads libvips uses inside one image's pipeline.
     public var vipsConcurrency: Int = 1
-    /// The largest frame accepted from a client (the request carries the whole source).
+    /// The largest frame accepted from a client (the request carries the whole source). Before
+    /// a valid Hello only `PrismProtocol.handshakeMaxFrameSize` bytes are accepted.
     public var maxFrameSize: Int = PrismProtocol.defaultMaxFrameSize
+    /// Answers written to a connection but not yet taken by its peer, in bytes, beyond which the
+    /// processor stops reading that connection (so takes no new calls from it) until they drain.
+    /// A client that never reads costs this much plus the answers of the calls it already has
+    /// in flight, instead of growing the processor without bound.
+    public var maxPendingOutputBytes: Int = 32 << 20
+    /// Connections served at once; more are answered RESOURCE_EXHAUSTED on call 0 and closed.
+    public var maxConnections: Int = 256
     /// When set, clients must send this token in their Hello.
     public var authToken: String? = nil
     /// Image limits: pixels, dimensions, AVIF size, output bytes.

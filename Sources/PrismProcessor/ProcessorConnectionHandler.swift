@@ -29,6 +29,7 @@ final class ProcessorConnectionHandler: Sendable {
     private struct Call {
         let cancellation: JobCancellation
         let events: AsyncStream<CallEvent>.Continuation
+        let job: WorkerPool.Job
     }
 
     private enum CallEvent: Sendable {
@@ -37,6 +38,8 @@ final class ProcessorConnectionHandler: Sendable {
         case failed(ImagingError)
         case timedOut
         case cancelledByPeer
+        /// The drain deadline passed with the call still running.
+        case shutDown
     }
 
     private var channel: any Channel { self.asyncChannel.channel }
@@ -65,17 +68,7 @@ final class ProcessorConnectionHandler: Sendable {
                     do {
                         try await self.serve(inbound, group: &group)
                     } catch let error as FrameError {
-                        let reason: Prism_V1_Reason = {
-                            if case .tooLarge = error { return .frameTooLarge }
-                            return .protocolViolation
-                        }()
-                        await self.closeWithError(PrismRPCError(
-                            code: reason == .frameTooLarge ? .resourceExhausted : .invalidArgument,
-                            reason: reason,
-                            message: reason == .frameTooLarge
-                                ? "A frame was larger than this processor's \(self.server.configuration.maxFrameSize)-byte limit."
-                                : "The bytes received are not Prism protocol frames (see Protos/PROTOCOL.md)."
-                        ), detail: "\(error)")
+                        await self.closeWithError(self.refusal(for: error), detail: "\(error)")
                     }
                     // The peer is gone or broke the protocol: nobody is left to answer.
                     self.cancelAllCalls()
@@ -99,23 +92,12 @@ final class ProcessorConnectionHandler: Sendable {
         var frames = inbound.makeAsyncIterator()
         guard let first = try await frames.next() else { return }
         handshakeTimer.cancel()
-        guard case .hello(let hello) = first.kind else {
-            return await self.closeWithError(PrismRPCError(code: .failedPrecondition, reason: .protocolViolation, message: "The first frame on a connection must be a Hello."))
+        // The decoder made the same check to decide whether to accept full-size frames.
+        if let refusal = Self.handshakeRefusal(first, configuration: config) {
+            return await self.closeWithError(refusal)
         }
-        guard hello.protocolVersion == PrismProtocol.version else {
-            return await self.closeWithError(PrismRPCError(
-                code: .failedPrecondition,
-                reason: .unsupportedVersion,
-                message: "This processor speaks Prism protocol version \(PrismProtocol.version); the client sent version \(hello.protocolVersion)."
-            ))
-        }
-        if let token = config.authToken, !constantTimeEquals(token, hello.authToken) {
-            return await self.closeWithError(PrismRPCError(code: .unauthenticated, message: "The Hello did not carry this processor's auth token; configure the client with the right token."))
-        }
+        let hello = first.hello
         let clientMax = hello.maxFrameSize == 0 ? PrismProtocol.defaultMaxFrameSize : Int(hello.maxFrameSize)
-        guard clientMax >= PrismProtocol.minimumMaxFrameSize else {
-            return await self.closeWithError(PrismRPCError(code: .invalidArgument, reason: .protocolViolation, message: "max_frame_size must be at least \(PrismProtocol.minimumMaxFrameSize) bytes."))
-        }
         self.state.withLock { $0.clientMaxFrameSize = clientMax }
 
         var reply = Prism_V1_Hello()
@@ -158,67 +140,110 @@ final class ProcessorConnectionHandler: Sendable {
         }
     }
 
-    /// Decides whether a new call may start; registers it when it may.
-    private func admit(_ callID: UInt64, _ request: Prism_V1_Request) -> Result<AdmittedCall, PrismRPCError> {
-        let refusal: PrismRPCError? = self.state.withLock { state in
-            if callID == 0 || state.calls[callID] != nil {
-                return PrismRPCError(code: .invalidArgument, reason: .protocolViolation, message: "Call id \(callID) is zero or already in use; number calls 1, 2, 3...")
-            }
-            if state.draining {
-                return PrismRPCError(code: .unavailable, reason: .shuttingDown, message: "This processor is shutting down; send the call to another one.", isRetryable: true)
-            }
-            return nil
+    /// Why a connection's first frame does not open it, or nil when it is a Hello this
+    /// processor accepts. Also run by the frame decoder, which raises its size limit only for a
+    /// first frame that passes.
+    static func handshakeRefusal(_ first: Prism_V1_Frame, configuration config: ProcessorConfiguration) -> PrismRPCError? {
+        guard case .hello(let hello) = first.kind, first.callID == 0 else {
+            return PrismRPCError(code: .failedPrecondition, reason: .protocolViolation, message: "The first frame on a connection must be a Hello on call 0.")
         }
-        if let refusal { return .failure(refusal) }
-        guard self.server.pool.tryAdmit() else {
-            return .failure(PrismRPCError(
+        guard hello.protocolVersion == PrismProtocol.version else {
+            return PrismRPCError(
+                code: .failedPrecondition,
+                reason: .unsupportedVersion,
+                message: "This processor speaks Prism protocol version \(PrismProtocol.version); the client sent version \(hello.protocolVersion)."
+            )
+        }
+        if let token = config.authToken, !constantTimeEquals(token, hello.authToken) {
+            return PrismRPCError(code: .unauthenticated, message: "The Hello did not carry this processor's auth token; configure the client with the right token.")
+        }
+        guard hello.maxFrameSize == 0 || hello.maxFrameSize >= PrismProtocol.minimumMaxFrameSize else {
+            return PrismRPCError(code: .invalidArgument, reason: .protocolViolation, message: "max_frame_size must be at least \(PrismProtocol.minimumMaxFrameSize) bytes.")
+        }
+        return nil
+    }
+
+    /// The Error frame for bytes that cannot be read as frames.
+    private func refusal(for error: FrameError) -> PrismRPCError {
+        switch error {
+        case .tooLarge(let length, let limit) where limit < self.server.configuration.maxFrameSize:
+            return PrismRPCError(
                 code: .resourceExhausted,
-                reason: .queueFull,
-                message: "Every worker is busy and the queue of \(self.server.configuration.queueCapacity) calls is full; retry later or on another processor.",
-                isRetryable: true
-            ))
+                reason: .frameTooLarge,
+                message: "A frame of \(length) bytes arrived before the Hello; until a valid Hello a connection may send at most \(limit) bytes per frame."
+            )
+        case .tooLarge(let length, let limit):
+            return PrismRPCError(
+                code: .resourceExhausted,
+                reason: .frameTooLarge,
+                message: "A frame of \(length) bytes was announced; this processor accepts at most \(limit) bytes per frame."
+            )
+        case .malformed:
+            return PrismRPCError(
+                code: .invalidArgument,
+                reason: .protocolViolation,
+                message: "The bytes received are not Prism protocol frames; check that the client speaks the Prism processor protocol, version \(PrismProtocol.version)."
+            )
         }
+    }
+
+    /// Decides whether a new call may start; when it may, registers it and hands its job to the
+    /// worker pool.
+    ///
+    /// The checks, the pool's admission and the registration happen under the lock `drain`
+    /// takes to send GoAway, so no call is admitted after GoAway and `last_call_id` covers every
+    /// call that was.
+    private func admit(_ callID: UInt64, _ request: Prism_V1_Request) -> Result<AdmittedCall, PrismRPCError> {
         let config = self.server.configuration
         let timeout = request.timeoutMs == 0 ? config.defaultTimeout : min(.milliseconds(Int64(request.timeoutMs)), config.maxTimeout)
         let deadline = ContinuousClock.now + timeout
+        let cancellation = JobCancellation(deadline: deadline)
         let (events, continuation) = AsyncStream<CallEvent>.makeStream()
-        let call = Call(cancellation: JobCancellation(deadline: deadline), events: continuation)
-        let clientMax = self.state.withLock { state in
+        let clientMax = self.state.withLock { $0.clientMaxFrameSize }
+        let job = self.makeJob(request, clientMaxFrameSize: clientMax, cancellation: cancellation, events: continuation)
+        let call = Call(cancellation: cancellation, events: continuation, job: job)
+
+        return self.state.withLock { state -> Result<AdmittedCall, PrismRPCError> in
+            if callID == 0 || state.calls[callID] != nil {
+                return .failure(PrismRPCError(code: .invalidArgument, reason: .protocolViolation, message: "Call id \(callID) is zero or belongs to a call still open; number calls 1, 2, 3..."))
+            }
+            if state.draining {
+                return .failure(PrismRPCError(code: .unavailable, reason: .shuttingDown, message: "This processor is shutting down; send the call to another one.", isRetryable: true))
+            }
+            guard self.server.pool.submit(job) else {
+                return .failure(PrismRPCError(
+                    code: .resourceExhausted,
+                    reason: .queueFull,
+                    message: "Every worker is busy and the queue of \(config.queueCapacity) calls is full; retry later or on another processor.",
+                    isRetryable: true
+                ))
+            }
             state.highestCallID = max(state.highestCallID, callID)
             state.calls[callID] = call
-            return state.clientMaxFrameSize
+            return .success(AdmittedCall(call: call, events: events, timeout: timeout))
         }
-        return .success(AdmittedCall(call: call, events: events, deadline: deadline, timeout: timeout, clientMaxFrameSize: clientMax))
     }
 
     private struct AdmittedCall: Sendable {
         let call: Call
         let events: AsyncStream<CallEvent>
-        let deadline: ContinuousClock.Instant
         let timeout: Duration
-        let clientMaxFrameSize: Int
     }
 
-    /// Runs one call: the job on a worker thread, its results streamed back as frames.
-    private func serveCall(_ callID: UInt64, _ request: Prism_V1_Request, _ admitted: AdmittedCall) async {
+    /// The worker-pool job of one call: runs the image job and reports through `events`.
+    private func makeJob(
+        _ request: Prism_V1_Request,
+        clientMaxFrameSize: Int,
+        cancellation: JobCancellation,
+        events: AsyncStream<CallEvent>.Continuation
+    ) -> WorkerPool.Job {
         let metrics = self.server.metrics
-        let clock = ContinuousClock()
-        let start = clock.now
-        var logger = self.logger
-        logger[metadataKey: "call"] = "\(callID)"
-        if !request.requestID.isEmpty { logger[metadataKey: "request_id"] = "\(request.requestID.prefix(128))" }
-        metrics.callsStarted.increment()
-        metrics.sourceBytes.increment(by: Int64(request.source.count))
-
         var limits = self.server.configuration.limits
-        // Each answer must fit in one frame the client accepts.
-        limits.maxOutputBytes = min(limits.maxOutputBytes, admitted.clientMaxFrameSize - 4096)
+        // Each answer must fit in one frame the client accepts, with the Response's own fields.
+        limits.maxOutputBytes = min(limits.maxOutputBytes, clientMaxFrameSize - PrismProtocol.maxResponseOverhead)
         let job = ImageJob(source: request.source, variants: request.variants, limits: limits)
-        let cancellation = admitted.call.cancellation
-        let events = admitted.call.events
-        let queuedAt = clock.now
-        self.server.pool.submit {
-            let queued = clock.now - queuedAt
+        return WorkerPool.Job(isAbandoned: { cancellation.isStopped }) { queued in
+            let clock = ContinuousClock()
             let jobStart = clock.now
             let ending: CallEvent
             let outcome: String
@@ -241,6 +266,21 @@ final class ProcessorConnectionHandler: Sendable {
             events.yield(ending)
             events.finish()
         }
+    }
+
+    /// Runs one call: the job on a worker thread, its results streamed back as frames.
+    private func serveCall(_ callID: UInt64, _ request: Prism_V1_Request, _ admitted: AdmittedCall) async {
+        let metrics = self.server.metrics
+        let clock = ContinuousClock()
+        let start = clock.now
+        var logger = self.logger
+        logger[metadataKey: "call"] = "\(callID)"
+        if !request.requestID.isEmpty { logger[metadataKey: "request_id"] = "\(request.requestID.prefix(128))" }
+        metrics.callsStarted.increment()
+        metrics.sourceBytes.increment(by: Int64(request.source.count))
+
+        let cancellation = admitted.call.cancellation
+        let events = admitted.call.events
         // Answer at the deadline even if the job is still queued or in an encoder that cannot
         // be interrupted; the job itself sees the same deadline and stops at its next check.
         let timer = self.channel.eventLoop.scheduleTask(in: .init(admitted.timeout)) {
@@ -289,12 +329,24 @@ final class ProcessorConnectionHandler: Sendable {
                     ending = (.cancelled, .unspecified)
                     last = .error(callID: callID, PrismRPCError(code: .cancelled, message: "The call was cancelled by the client."))
                     break loop
+                case .shutDown:
+                    ending = (.unavailable, .shuttingDown)
+                    last = .error(callID: callID, PrismRPCError(
+                        code: .unavailable,
+                        reason: .shuttingDown,
+                        message: "The processor shut down before the call finished; send it to another processor.",
+                        isRetryable: true
+                    ))
+                    break loop
                 }
             }
         } onCancel: {
             cancellation.cancel()
             events.yield(.cancelledByPeer)
         }
+        // A call that ended before its job started gives its place in the queue back now, not
+        // when a worker would have reached it.
+        self.server.pool.withdraw(admitted.call.job)
 
         // Count the call before its last frame goes out: whoever sees the answer sees the count.
         let duration = clock.now - start
@@ -329,6 +381,20 @@ final class ProcessorConnectionHandler: Sendable {
         }
         self.send(.goAway(lastCallID: lastCallID, reason: "processor shutting down"))
         if idle { self.closeAfterWrites() }
+    }
+
+    /// Ends every call still open with UNAVAILABLE/SHUTTING_DOWN and stops its work: the drain
+    /// deadline has passed. The connection closes once their last frames are written.
+    func endCallsAtDrainDeadline() {
+        let calls = self.state.withLock { state -> [Call] in
+            state.draining = true
+            return Array(state.calls.values)
+        }
+        for call in calls {
+            call.cancellation.cancel()
+            call.events.yield(.shutDown)
+        }
+        if calls.isEmpty { self.closeAfterWrites() }
     }
 
     /// Stops every call of this connection (the peer is gone).

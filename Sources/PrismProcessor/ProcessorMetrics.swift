@@ -18,7 +18,9 @@ final class ProcessorMetrics: Sendable {
     let jobsRunning: CoreMetrics.Meter
     let jobsQueued: CoreMetrics.Meter
     let jobsKilled: CoreMetrics.Counter
+    let jobsDropped: CoreMetrics.Counter
     let connections: CoreMetrics.Meter
+    let connectionsRefused: CoreMetrics.Counter
     let sourceBytes: CoreMetrics.Counter
     let outputBytes: CoreMetrics.Counter
     private let factory: PrometheusMetricsFactory
@@ -39,7 +41,10 @@ final class ProcessorMetrics: Sendable {
         self.jobsRunning = CoreMetrics.Meter(label: "prism_processor_jobs_running", factory: factory)
         self.jobsQueued = CoreMetrics.Meter(label: "prism_processor_jobs_queued", factory: factory)
         self.jobsKilled = CoreMetrics.Counter(label: "prism_processor_computations_killed_total", factory: factory)
+        // Queued jobs whose call ended (cancelled, expired, orphaned) before a worker took them.
+        self.jobsDropped = CoreMetrics.Counter(label: "prism_processor_jobs_dropped_total", factory: factory)
         self.connections = CoreMetrics.Meter(label: "prism_processor_connections", factory: factory)
+        self.connectionsRefused = CoreMetrics.Counter(label: "prism_processor_connections_refused_total", factory: factory)
         self.sourceBytes = CoreMetrics.Counter(label: "prism_processor_source_bytes_total", factory: factory)
         self.outputBytes = CoreMetrics.Counter(label: "prism_processor_output_bytes_total", factory: factory)
         self.jobsRunning.set(0)

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Hummingbird
 public import Logging
 public import NIOCore
@@ -23,7 +24,15 @@ public final class ProcessorServer: Service, Sendable {
     private let bound = AsyncValue<SocketAddress>()
     private let statusBound = AsyncValue<SocketAddress>()
     let draining = AsyncValue<Void>()
-    private let liveConnections = Mutex(0)
+    private let liveConnections = Mutex(ConnectionRegistry())
+
+    /// The connections being served, so the drain deadline can reach their calls.
+    private struct ConnectionRegistry {
+        /// Accepted and not yet ended; counted from accept, before a handler exists.
+        var count = 0
+        var handlers: [UInt64: ProcessorConnectionHandler] = [:]
+        var nextID: UInt64 = 0
+    }
 
     /// - Parameters:
     ///   - configuration: ports, pool sizes, limits, timeouts.
@@ -65,15 +74,31 @@ public final class ProcessorServer: Service, Sendable {
     private func serve() async throws {
         let config = self.configuration
         let maxFrameSize = config.maxFrameSize
+        // Answers a peer does not take pile up in the channel; past the high mark the channel
+        // turns unwritable and BackPressureHandler stops reading it (no new calls) until the
+        // pile is back under the low mark.
+        let pendingOutput = ChannelOptions.Types.WriteBufferWaterMark(
+            low: max(1, config.maxPendingOutputBytes / 2),
+            high: max(1, config.maxPendingOutputBytes)
+        )
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: pendingOutput)
             .bind(host: config.host, port: config.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrameSize)))
+                    let decoder = FrameDecoder(maxFrameSize: maxFrameSize) { first in
+                        ProcessorConnectionHandler.handshakeRefusal(first, configuration: config) == nil
+                    }
+                    try channel.pipeline.syncOperations.addHandler(BackPressureHandler())
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder))
                     try channel.pipeline.syncOperations.addHandler(FrameEncoder())
-                    return try NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>(wrappingChannelSynchronously: channel)
+                    // Few decoded frames wait for the read loop: each may be a whole upload.
+                    return try NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>(
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(backPressureStrategy: .init(lowWatermark: 1, highWatermark: 2))
+                    )
                 }
             }
         let address = server.channel.localAddress!
@@ -109,28 +134,70 @@ public final class ProcessorServer: Service, Sendable {
     }
 
     /// Serves each connection in a child task until the listener closes, then gives them the
-    /// drain time to finish before cutting them off.
+    /// drain time to finish. Calls still running at the drain deadline are answered
+    /// UNAVAILABLE/SHUTTING_DOWN before their connections close.
     private func acceptConnections(_ server: NIOAsyncChannel<NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>, Never>) async throws {
         let config = self.configuration
         try await withThrowingDiscardingTaskGroup { connections in
             try await server.executeThenClose { inbound in
                 for try await channel in inbound {
+                    let id = self.liveConnections.withLock { registry -> UInt64? in
+                        guard registry.count < config.maxConnections else { return nil }
+                        registry.count += 1
+                        registry.nextID += 1
+                        return registry.nextID
+                    }
+                    guard let id else {
+                        connections.addTask { await self.refuse(channel) }
+                        continue
+                    }
                     connections.addTask {
-                        self.liveConnections.withLock { $0 += 1 }
-                        defer { self.liveConnections.withLock { $0 -= 1 } }
                         let connection = ProcessorConnectionHandler(channel: channel, server: self)
+                        self.liveConnections.withLock { $0.handlers[id] = connection }
+                        defer {
+                            self.liveConnections.withLock { registry in
+                                registry.handlers.removeValue(forKey: id)
+                                registry.count -= 1
+                            }
+                        }
                         await connection.run()
                     }
                 }
             }
+            let live = { self.liveConnections.withLock { $0.count } }
             let limit = ContinuousClock.now + config.drainTimeout
-            while self.liveConnections.withLock({ $0 }) > 0, ContinuousClock.now < limit {
+            while live() > 0, ContinuousClock.now < limit {
                 try? await Task.sleep(for: .milliseconds(20))
             }
-            if self.liveConnections.withLock({ $0 }) > 0 {
-                self.logger.warning("drain timeout: cancelling calls still running", metadata: ["calls": "\(self.pool.load)"])
+            guard live() > 0 else { return }
+            self.logger.warning("drain timeout: ending the calls still running", metadata: ["calls": "\(self.pool.load)"])
+            let handlers = self.liveConnections.withLock { Array($0.handlers.values) }
+            for handler in handlers { handler.endCallsAtDrainDeadline() }
+            // Time for those last frames to be written; then whatever is left is cut off.
+            let grace = ContinuousClock.now + .seconds(1)
+            while live() > 0, ContinuousClock.now < grace {
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            if live() > 0 {
                 connections.cancelAll()
             }
+        }
+    }
+
+    /// Answers a connection over `maxConnections` with one Error on call 0, then closes it.
+    private func refuse(_ channel: NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>) async {
+        self.metrics.connectionsRefused.increment()
+        self.logger.notice("connection refused: too many connections", metadata: [
+            "peer": "\(channel.channel.remoteAddress?.hostPort ?? "?")", "limit": "\(self.configuration.maxConnections)",
+        ])
+        let error = PrismRPCError(
+            code: .resourceExhausted,
+            message: "This processor already serves its limit of \(self.configuration.maxConnections) connections; retry later or connect to another processor.",
+            isRetryable: true
+        )
+        try? await channel.executeThenClose { _, _ in
+            // Awaited: the frame must reach the socket before the close.
+            try await channel.channel.writeAndFlush(Prism_V1_Frame.error(callID: 0, error)).get()
         }
     }
 

@@ -5,35 +5,83 @@ import SwiftProtobuf
 /// Splits a byte stream into frames: a 4-byte big-endian length, then that many bytes of a
 /// serialised `Prism_V1_Frame`.
 ///
-/// The length is checked against `maxFrameSize` as soon as its 4 bytes arrive, before any of
-/// the payload is buffered, so a hostile or confused peer cannot make the receiver allocate
-/// what it announces.
+/// The length is checked against the limit as soon as its 4 bytes arrive, before any of the
+/// payload is buffered, so a hostile or confused peer cannot make the receiver allocate what it
+/// announces.
+///
+/// A server decoder starts with a small limit that covers only a Hello (`handshake`) and raises
+/// it to `maxFrameSize` once the first frame is a Hello the server accepts: a peer that has not
+/// authenticated can never make it buffer a large frame.
 public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
     public typealias InboundOut = Prism_V1_Frame
 
+    /// The limit once the connection is open.
     public let maxFrameSize: Int
+    private var stage: Stage
 
+    /// Decides whether a connection's first frame opens it (a Hello the server accepts).
+    public typealias HandshakeCheck = @Sendable (Prism_V1_Frame) -> Bool
+
+    private enum Stage {
+        /// Before the first frame: at most `limit` bytes; `check` decides what comes next.
+        case handshake(limit: Int, check: HandshakeCheck)
+        /// The first frame was refused: the connection is closing, keep the small limit.
+        case refused(limit: Int)
+        case open
+    }
+
+    /// A decoder that accepts frames up to `maxFrameSize` from the first byte (a client: the
+    /// server it chose to connect to is trusted with its own limit).
     public init(maxFrameSize: Int = PrismProtocol.defaultMaxFrameSize) {
         self.maxFrameSize = maxFrameSize
+        self.stage = .open
+    }
+
+    /// A decoder for the accepting side: the first frame may be at most `handshakeLimit` bytes,
+    /// later ones `maxFrameSize` once `opens` accepted the first.
+    public init(
+        maxFrameSize: Int,
+        handshakeLimit: Int = PrismProtocol.handshakeMaxFrameSize,
+        opens: @escaping HandshakeCheck
+    ) {
+        self.maxFrameSize = maxFrameSize
+        self.stage = .handshake(limit: min(handshakeLimit, maxFrameSize), check: opens)
+    }
+
+    /// The largest frame accepted right now.
+    public var currentLimit: Int {
+        switch self.stage {
+        case .handshake(let limit, _), .refused(let limit): return limit
+        case .open: return self.maxFrameSize
+        }
     }
 
     public mutating func decode(buffer: inout ByteBuffer) throws -> Prism_V1_Frame? {
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else {
             return nil
         }
-        guard Int(length) <= self.maxFrameSize else {
-            throw FrameError.tooLarge(length: Int(length), limit: self.maxFrameSize)
+        let limit = self.currentLimit
+        guard Int(length) <= limit else {
+            throw FrameError.tooLarge(length: Int(length), limit: limit)
         }
         guard buffer.readableBytes >= PrismProtocol.lengthPrefixSize + Int(length) else {
             return nil
         }
         buffer.moveReaderIndex(forwardBy: PrismProtocol.lengthPrefixSize)
         let payload = buffer.readSlice(length: Int(length))!
+        let frame: Prism_V1_Frame
         do {
-            return try Prism_V1_Frame(serializedBytes: ProtobufBytes(payload))
+            frame = try Prism_V1_Frame(serializedBytes: ProtobufBytes(payload))
         } catch {
             throw FrameError.malformed
         }
+        if case .handshake(let limit, let check) = self.stage {
+            // Decided here, in the same decode loop, because a client may send its first Request
+            // right behind its Hello: waiting for the connection handler would refuse it as too
+            // large.
+            self.stage = check(frame) ? .open : .refused(limit: limit)
+        }
+        return frame
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> Prism_V1_Frame? {

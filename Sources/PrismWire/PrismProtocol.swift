@@ -11,4 +11,16 @@ public enum PrismProtocol {
     /// The smallest max frame size a peer may announce; anything smaller cannot carry a Hello
     /// and an error comfortably.
     public static let minimumMaxFrameSize = 4096
+    /// The largest first frame a server reads before it has a valid Hello. A Hello is a few
+    /// dozen bytes; without this, anyone who can open a connection could make the server
+    /// buffer a full-size frame (64 MiB by default) without authenticating.
+    public static let handshakeMaxFrameSize = 64 << 10
+    /// The most bytes a Response frame's payload adds around its image data: call id, the
+    /// Response field's tag and length, variant index, the data's tag and length, width,
+    /// height, format and processing time, each at its largest varint encoding, come to 63.
+    /// A variant fits a peer's frames when its encoded size is at most the peer's
+    /// `max_frame_size` minus this (`max_frame_size` already excludes the 4-byte prefix).
+    public static let maxResponseOverhead = 64
+    /// The longest `VariantSpec.name`, in bytes.
+    public static let maxVariantNameBytes = 64
 }

@@ -18,7 +18,7 @@ public enum VariantSpecRules {
         maxOperations: Int = 32
     ) -> Problem? {
         func bad(_ text: String) -> Problem { Problem(message: text, exceedsLimits: false) }
-        guard spec.name.utf8.count <= 64 else { return bad("the name is longer than 64 bytes.") }
+        if let problem = Self.nameProblem(spec.name) { return bad(problem) }
         guard spec.operations.count <= maxOperations else {
             return bad("it has \(spec.operations.count) operations; at most \(maxOperations) are allowed.")
         }
@@ -58,8 +58,34 @@ public enum VariantSpecRules {
         case .UNRECOGNIZED(let v): return bad("unknown output format \(v).")
         }
         guard output.quality <= 100 else { return bad("quality must be between 1 and 100.") }
-        guard output.effort <= 9 else { return bad("effort must be between 0 and 9.") }
+        let maxEffort = Self.maxEffort(output.format)
+        guard output.effort <= maxEffort else {
+            let format = output.format == .unspecified ? "" : " for \(output.format)"
+            return bad("effort\(format) must be between 0 and \(maxEffort), not \(output.effort).")
+        }
         return nil
+    }
+
+    /// Why `name` cannot name a variant, or nil. Names become parts of storage keys and appear
+    /// in errors, so they are held to the proto's rule: `[a-z0-9_-]`, at most 64 bytes. An
+    /// empty name is allowed; the variant is then named by its position.
+    public static func nameProblem(_ name: String) -> String? {
+        guard name.utf8.count <= PrismProtocol.maxVariantNameBytes else {
+            return "the name is \(name.utf8.count) bytes long; at most \(PrismProtocol.maxVariantNameBytes) are allowed."
+        }
+        let allowed = name.utf8.allSatisfy { byte in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+                || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
+        }
+        return allowed ? nil : "the name may contain only a-z, 0-9, _ and -."
+    }
+
+    /// The highest `Output.effort` a format takes. PNG's effort is the zlib level (0-9), WebP's
+    /// encoder method 0-6, AVIF's 0-9. JPEG and GIF have no effort setting and ignore it; an
+    /// unspecified format may turn out to be any of them, so it allows 0-9 (and WebP then uses
+    /// at most 6).
+    public static func maxEffort(_ format: Prism_V1_Format) -> UInt32 {
+        format == .webp ? 6 : 9
     }
 
     private static func colorProblem(_ c: Prism_V1_Color) -> String? {

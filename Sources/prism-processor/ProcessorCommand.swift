@@ -45,6 +45,12 @@ struct ProcessorCommand: AsyncParsableCommand {
     @Option(help: "Largest frame accepted from a client, e.g. 64m; bounds the upload size. (env PRISM_MAX_FRAME_SIZE; default 64m)")
     var maxFrameSize: ByteSizeSetting?
 
+    @Option(help: "Answers a client has not read yet, e.g. 32m, beyond which its connection is not read (no new calls) until they drain. (env PRISM_MAX_PENDING_OUTPUT_BYTES; default 32m)")
+    var maxPendingOutputBytes: ByteSizeSetting?
+
+    @Option(help: "Connections served at once; more are refused with RESOURCE_EXHAUSTED. (env PRISM_PROCESSOR_MAX_CONNECTIONS; default 256)")
+    var maxConnections: Int?
+
     @Option(help: "Largest source image in pixels (width x height), checked before decoding. (env PRISM_MAX_INPUT_PIXELS; default 50000000)")
     var maxInputPixels: Int?
 
@@ -89,6 +95,8 @@ struct ProcessorCommand: AsyncParsableCommand {
         config.queueCapacity = try settings.value(self.queue, env: "PRISM_PROCESSOR_QUEUE", default: config.workers * 4)
         config.vipsConcurrency = try settings.value(self.vipsConcurrency, env: "PRISM_VIPS_CONCURRENCY", default: config.vipsConcurrency)
         config.maxFrameSize = try settings.value(self.maxFrameSize, env: "PRISM_MAX_FRAME_SIZE", default: ByteSizeSetting(config.maxFrameSize)).bytes
+        config.maxPendingOutputBytes = try settings.value(self.maxPendingOutputBytes, env: "PRISM_MAX_PENDING_OUTPUT_BYTES", default: ByteSizeSetting(config.maxPendingOutputBytes)).bytes
+        config.maxConnections = try settings.value(self.maxConnections, env: "PRISM_PROCESSOR_MAX_CONNECTIONS", default: config.maxConnections)
         config.limits.maxInputPixels = try settings.value(self.maxInputPixels, env: "PRISM_MAX_INPUT_PIXELS", default: config.limits.maxInputPixels)
         config.limits.maxOutputDimension = try settings.value(self.maxOutputDimension, env: "PRISM_MAX_OUTPUT_DIMENSION", default: config.limits.maxOutputDimension)
         config.limits.maxAVIFPixels = try settings.value(self.maxAvifPixels, env: "PRISM_MAX_AVIF_PIXELS", default: config.limits.maxAVIFPixels)
@@ -106,6 +114,8 @@ struct ProcessorCommand: AsyncParsableCommand {
         try Settings.check(config.queueCapacity, in: 0...100_000, "--queue (PRISM_PROCESSOR_QUEUE)")
         try Settings.check(config.vipsConcurrency, in: 1...64, "--vips-concurrency (PRISM_VIPS_CONCURRENCY)")
         try Settings.check(config.maxFrameSize, in: 65_536...(1 << 30), "--max-frame-size (PRISM_MAX_FRAME_SIZE)")
+        try Settings.check(config.maxPendingOutputBytes, in: 65_536...(1 << 34), "--max-pending-output-bytes (PRISM_MAX_PENDING_OUTPUT_BYTES)")
+        try Settings.check(config.maxConnections, in: 1...1_000_000, "--max-connections (PRISM_PROCESSOR_MAX_CONNECTIONS)")
         try Settings.check(config.limits.maxInputPixels, in: 1...1_000_000_000, "--max-input-pixels (PRISM_MAX_INPUT_PIXELS)")
         try Settings.check(config.limits.maxOutputDimension, in: 1...65_500, "--max-output-dimension (PRISM_MAX_OUTPUT_DIMENSION)")
         try Settings.check(config.limits.maxAVIFPixels, in: 1...1_000_000_000, "--max-avif-pixels (PRISM_MAX_AVIF_PIXELS)")
@@ -119,6 +129,7 @@ struct ProcessorCommand: AsyncParsableCommand {
             ("status", config.statusPort.map { "\(config.statusHost):\($0)" } ?? "off"),
             ("workers", "\(config.workers)"), ("queue", "\(config.queueCapacity)"),
             ("vips_concurrency", "\(config.vipsConcurrency)"), ("max_frame_size", "\(config.maxFrameSize)"),
+            ("max_pending_output_bytes", "\(config.maxPendingOutputBytes)"), ("max_connections", "\(config.maxConnections)"),
             ("max_input_pixels", "\(config.limits.maxInputPixels)"), ("max_output_dimension", "\(config.limits.maxOutputDimension)"),
             ("max_avif_pixels", "\(config.limits.maxAVIFPixels)"), ("fail_on_warnings", "\(config.limits.failOnWarnings)"),
             ("auth_token", config.authToken == nil ? "none" : "set (hidden)"),

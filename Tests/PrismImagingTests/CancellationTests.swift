@@ -1,6 +1,7 @@
 import Foundation
 @testable import PrismImaging
 import PrismProto
+import Synchronization
 import Testing
 
 /// Watches libvips stop: a long blur on a 19 MP photo, run once to the end and then cut short.
@@ -48,6 +49,45 @@ struct CancellationTests {
         if case .failure(let error) = lateResult { #expect(error.code == .deadlineExceeded) } else { Issue.record("the job beat its deadline") }
         #expect(deadline.killedComputation)
         #expect(late < full / 3, "deadline 0.5 s, returned after \(late); the full run takes \(full)")
+    }
+
+    @Test("a cancel during a progressive JPEG's decode stops it at the next read, not after the decode")
+    func cancelDuringDecode() async throws {
+        #expect(startVips())
+        // 18 MP progressive: libjpeg absorbs every scan before the first row comes out, a stretch
+        // in which libvips' eval handler never runs.
+        var progressive = variant("big", [resize(5376, 3360, fit: .fill)], format: .jpeg, quality: 95)
+        progressive.output.progressive = true
+        let spec = progressive
+        let photo = try TestImages.photo("Blinds.jpg")
+        let made = try await onThread {
+            var outputs: [EncodedVariant] = []
+            _ = try ImageJob(source: photo, variants: [spec]).run(cancellation: JobCancellation()) { outputs.append($0) }
+            return outputs
+        }
+        let source = try #require(made.first).data
+        let full = try await onThread { try ImageJob(source: source, variants: [variant("full")]).run(cancellation: JobCancellation()) { _ in } }
+
+        let cancellation = JobCancellation()
+        let clock = ContinuousClock()
+        let cancelledAt = Mutex<ContinuousClock.Instant?>(nil)
+        let canceller = Task {
+            try await Task.sleep(for: .milliseconds(100))
+            cancelledAt.withLock { $0 = clock.now }
+            cancellation.cancel()
+        }
+        let result = try await onThread {
+            Result { () throws(ImagingError) in
+                try ImageJob(source: source, variants: [variant("full")]).run(cancellation: cancellation) { _ in }
+            }
+        }
+        let returned = clock.now
+        canceller.cancel()
+        if case .failure(let error) = result { #expect(error.code == .cancelled) } else { Issue.record("the decode beat the cancel") }
+        #expect(cancellation.killedComputation)
+        let stopped = returned - (cancelledAt.withLock { $0 } ?? returned)
+        print("progressive 18 MP: decode \(full.decodeDuration); stopped \(stopped) after the cancel")
+        #expect(stopped < .milliseconds(100), "stopped \(stopped) after the cancel; the decode takes \(full.decodeDuration)")
     }
 
     @Test("a job cancelled before it starts does no work")

@@ -76,9 +76,11 @@ struct ProcessorCancellationTests {
                 running.cancel()
                 _ = await running.result
                 let metrics = try await fixture.waitForMetrics { metricValue($0, "prism_processor_jobs_running") == 0 && metricValue($0, "prism_processor_jobs_queued") == 0 }
-                // Both ended as cancelled; the queued one never reached libvips, so only one
-                // computation had to be killed.
-                #expect(metricValue(metrics, "prism_processor_job_seconds_count", labels: #"outcome="cancelled""#) == 2)
+                // Both calls ended as cancelled; the queued one left the queue without ever
+                // reaching a worker, so only one job ran and one computation had to be killed.
+                #expect(metricValue(metrics, "prism_processor_calls_cancelled_total") == 2)
+                #expect(metricValue(metrics, "prism_processor_job_seconds_count", labels: #"outcome="cancelled""#) == 1)
+                #expect(metricValue(metrics, "prism_processor_jobs_dropped_total") == 1)
                 #expect(metricValue(metrics, "prism_processor_computations_killed_total") == 1)
             }
         }
