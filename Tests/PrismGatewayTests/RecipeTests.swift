@@ -6,14 +6,19 @@ import Testing
 
 @Suite("Recipes, plans and manifests")
 struct RecipeTests {
-    @Test("the built-in default recipe has the five variants the API promises")
+    @Test("the built-in default recipe is valid, has the documented names, and is listed as it runs")
     func builtIn() throws {
         let book = try RecipeBook.load(file: nil)
-        let variants = try #require(book.recipes["default"]).variants
-        #expect(variants.map(\.name) == ["thumb", "small", "medium", "large", "blur"])
-        #expect(variants[0].operations[0].resize.fit == .cover && variants[0].output.quality == 80)
-        #expect(variants[1].output.format == .webp)
-        #expect(variants[4].operations[1].blur.sigma == 8)
+        let recipe = try #require(book.recipes["default"])
+        // The names clients build URLs from (README.md, docs/configuration.md). What each variant
+        // makes of a real photo, sizes and formats, is checked in Tests/system/test_gateway.py.
+        #expect(recipe.variants.map(\.name) == ["thumb", "small", "medium", "large", "blur"])
+        // GET /v1/recipes shows what runs: the listing reads back as the very same specs.
+        let listing = try JSONSerialization.jsonObject(with: book.json()) as! [String: Any]
+        let listed = try #require((listing["recipes"] as! [[String: Any]]).first { $0["name"] as? String == "default" })
+        let file = try JSONSerialization.data(withJSONObject: ["recipes": ["default": ["variants": listed["variants"]!]]])
+        let reread = try #require(try RecipeBook.parse(file).first)
+        #expect(reread.variants == recipe.variants)
     }
 
     @Test("a recipe file is read in protobuf's JSON mapping")

@@ -110,14 +110,33 @@ struct PipelineTests {
     }
 
     @Test("a 30000x30000 PNG bomb is refused from its header, before any pixel is decoded")
-    func pixelBomb() throws {
-        let before = peakResidentBytes()
+    func pixelBomb() async throws {
         let error = try failingJob(try TestImages.edge("bomb-30000.png"), [variant("v", [resize(200, 200)])])
         #expect(error.reason == .tooManyPixels)
         #expect(error.code == .failedPrecondition)
         #expect(error.message.contains("30000x30000"))
-        // Decoding would need 900 MB; the peak must not move by anything like it.
-        #expect(peakResidentBytes() - before < 200 << 20)
+
+        // Peak memory belongs to the whole process, and other tests decode images alongside this
+        // one: the bomb is refused again in a child process that does nothing else, and that
+        // child reports how far its own peak moved.
+        let child = await #expect(processExitsWith: .success, observing: [\.standardOutputContent]) {
+            do {
+                let before = try peakResidentBytes()
+                let error = try failingJob(try TestImages.edge("bomb-30000.png"), [variant("v", [resize(200, 200)])])
+                guard error.reason == .tooManyPixels else { throw error }
+                print("peak-growth \(try peakResidentBytes() - before)")
+            } catch {
+                print("no measurement: \(error)")
+                exit(1)
+            }
+        }
+        let output = String(decoding: child?.standardOutputContent ?? [], as: UTF8.self)
+        let growth = try #require(
+            output.split(separator: "\n").last { $0.hasPrefix("peak-growth ") }.flatMap { Int($0.dropFirst(12)) },
+            "the child printed no measurement: \(output)"
+        )
+        // Decoding would need 2.7 GB (30000 x 30000 x 3 bands); the peak must not move by anything like it.
+        #expect(growth < 200 << 20, "the child's peak grew by \(growth >> 20) MiB")
     }
 
     @Test("the pixel limit is configurable")
@@ -137,6 +156,27 @@ struct PipelineTests {
         let error = try failingJob(try TestImages.edge(file), [variant("v", [resize(100, 100)])])
         #expect(error.reason == reason)
         #expect(error.code == .invalidArgument)
+    }
+
+    @Test("bytes no reader recognises are NOT_AN_IMAGE, whatever loose sniffer claims them", arguments: [
+        Data(count: 1000), Data(repeating: 0xFF, count: 1000), Data("just text, no image".utf8),
+    ])
+    func notAnImage(bytes: Data) throws {
+        let error = try failingJob(bytes, [variant("v", [resize(100, 100)])])
+        #expect(error.reason == .notAnImage)
+        #expect(error.code == .invalidArgument)
+        for word in ["magick", "vips", "/"] {
+            #expect(!error.message.lowercased().contains(word), "\(error.message)")
+        }
+    }
+
+    @Test("a variant name outside a-z, 0-9, _ and - is an INVALID_SPEC naming the variant by position", arguments: ["a/b", "Bad Name", "ünï"])
+    func badNames(name: String) throws {
+        let error = try failingJob(try TestImages.photo("Dune.jpg"), [variant("ok", [resize(10, 10)]), variant(name, [resize(10, 10)])])
+        #expect(error.reason == .invalidSpec)
+        #expect(error.variant == name)
+        #expect(error.message.hasPrefix("Variant #1:"))
+        #expect(!error.message.contains(name))
     }
 
     @Test("truncated and corrupt JPEGs fail with CORRUPT_IMAGE and no internal text", arguments: ["truncated.jpg", "corrupt.jpg"])
@@ -199,7 +239,7 @@ struct PipelineTests {
     func cropGravity() throws {
         let source = try TestImages.photo("Garden.jpg")
         let gravities: [Prism_V1_Gravity] = [.centre, .north, .northEast, .east, .southEast, .south, .southWest, .west, .northWest, .attention, .entropy]
-        let specs = gravities.map { variant("\($0)", [resize(640, 0), crop(300, 200, gravity: $0)], format: .png) }
+        let specs = gravities.map { variant("\($0)".lowercased(), [resize(640, 0), crop(300, 200, gravity: $0)], format: .png) }
         let (outputs, _) = try runJob(source, specs)
         let decoded = try outputs.map { try decode($0.data) }
         for (gravity, image) in zip(gravities, decoded) {
@@ -294,11 +334,17 @@ struct PipelineTests {
 }
 
 /// The process's peak resident set so far (Linux VmHWM), in bytes.
-func peakResidentBytes() -> Int {
-    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        let kb = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
-        return kb * 1024
+///
+/// - Throws: where /proc/self/status is missing or has no VmHWM line: a check built on a
+///   measurement that cannot be made must fail, not pass on a zero.
+func peakResidentBytes() throws -> Int {
+    let path = "/proc/self/status"
+    guard let status = try? String(contentsOfFile: path, encoding: .utf8) else {
+        throw DecodeFailure(detail: "cannot read \(path): peak memory cannot be measured on this machine")
     }
-    return 0
+    guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+          let kilobytes = line.split(separator: " ").compactMap({ Int($0) }).first else {
+        throw DecodeFailure(detail: "\(path) has no VmHWM line: peak memory cannot be measured on this machine")
+    }
+    return kilobytes * 1024
 }

@@ -17,12 +17,11 @@ struct SettingsTests {
     func badValues() throws {
         let settings = Settings(environment: ["PORT": "eighty", "WAIT": "soon", "SIZE": "12q", "ON": "maybe"])
         #expect(throws: ValidationError.self) { try settings.value(nil as Int?, env: "PORT", default: 80) }
-        do {
-            _ = try settings.value(nil as DurationSetting?, env: "WAIT", default: DurationSetting(.seconds(1)))
-        } catch let error as ValidationError {
-            #expect(error.message.contains("WAIT=soon"))
-            #expect(error.message.contains("500ms"))
+        let error = #expect(throws: ValidationError.self) {
+            try settings.value(nil as DurationSetting?, env: "WAIT", default: DurationSetting(.seconds(1)))
         }
+        #expect(error?.message.contains("WAIT=soon") == true, "\(String(describing: error))")
+        #expect(error?.message.contains("500ms") == true, "the message says what a duration looks like")
         #expect(throws: ValidationError.self) { try settings.value(nil as ByteSizeSetting?, env: "SIZE", default: ByteSizeSetting(1)) }
         #expect(throws: ValidationError.self) { try settings.flag(false, env: "ON") }
     }

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import PrismStorage
 #if canImport(Glibc)
 import Glibc
@@ -45,12 +48,15 @@ final class SeaweedFixture: @unchecked Sendable {
         try self.process.run()
     }
 
-    /// Waits until the S3 port answers HTTP.
+    /// Waits until the S3 API answers: an unsigned request is refused with 403 once it runs
+    /// (the port accepts connections before then).
     func waitUntilReady(timeout: Duration = .seconds(60)) async throws {
         let limit = ContinuousClock.now + timeout
+        var request = URLRequest(url: URL(string: self.endpoint)!)
+        request.timeoutInterval = 2
         while ContinuousClock.now < limit {
-            if (try? canConnect(port: self.s3Port)) == true {
-                try await Task.sleep(for: .milliseconds(300))
+            if let (_, response) = try? await URLSession.shared.data(for: request),
+               let status = (response as? HTTPURLResponse)?.statusCode, status == 200 || status == 403 {
                 return
             }
             guard self.process.isRunning else {
@@ -59,18 +65,30 @@ final class SeaweedFixture: @unchecked Sendable {
             }
             try await Task.sleep(for: .milliseconds(100))
         }
-        throw FixtureError(description: "SeaweedFS did not start in \(timeout)")
+        throw FixtureError(description: "SeaweedFS did not answer S3 requests on \(self.endpoint) in \(timeout)")
     }
 
-    func stop() {
+    /// Stops the server (SIGTERM, SIGKILL if it has not exited 10 s later) and removes its
+    /// files, waiting without holding a thread of the cooperative pool.
+    func stop() async {
         if self.process.isRunning {
             kill(self.process.processIdentifier, SIGTERM)
-            let limit = Date().addingTimeInterval(10)
-            while self.process.isRunning, Date() < limit { usleep(50_000) }
-            if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
-            self.process.waitUntilExit()
+            if !(await self.exited(within: .seconds(10))) {
+                kill(self.process.processIdentifier, SIGKILL)
+                _ = await self.exited(within: .seconds(10))
+            }
         }
         try? FileManager.default.removeItem(at: self.directory)
+    }
+
+    private func exited(within timeout: Duration) async -> Bool {
+        let limit = ContinuousClock.now + timeout
+        while self.process.isRunning {
+            guard ContinuousClock.now < limit else { return false }
+            // A cancelled task's sleep returns at once: this one is not the test's to cancel.
+            await Task.detached { try? await Task.sleep(for: .milliseconds(50)) }.value
+        }
+        return true
     }
 
     func configuration(bucket: String = "prism-test") -> S3Configuration {
@@ -100,16 +118,4 @@ func freePorts(_ count: Int) -> [Int] {
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
         return Int(UInt16(bigEndian: address.sin_port))
     }
-}
-
-func canConnect(port: Int) throws -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = in_port_t(UInt16(port).bigEndian)
-    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    } == 0
 }

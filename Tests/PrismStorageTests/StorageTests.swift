@@ -46,21 +46,26 @@ struct S3StoreTests {
     /// Runs `body` with a fresh SeaweedFS and a running curl driver.
     func withS3(_ body: (S3Store, SeaweedFixture, CurlDriver) async throws -> Void) async throws {
         let weed = try SeaweedFixture()
-        defer { weed.stop() }
-        try await weed.waitUntilReady()
-        let curl = CurlDriver()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await curl.run() }
-            let store = try S3Store(configuration: weed.configuration(), curl: curl)
-            try await store.ensureBucket()
-            do {
-                try await body(store, weed, curl)
-            } catch {
+        do {
+            try await weed.waitUntilReady()
+            let curl = CurlDriver()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await curl.run() }
+                let store = try S3Store(configuration: weed.configuration(), curl: curl)
+                try await store.ensureBucket()
+                do {
+                    try await body(store, weed, curl)
+                } catch {
+                    group.cancelAll()
+                    throw error
+                }
                 group.cancelAll()
-                throw error
             }
-            group.cancelAll()
+        } catch {
+            await weed.stop()
+            throw error
         }
+        await weed.stop()
     }
 
     @Test("put, get, list and delete through SigV4-signed requests; wrong keys are refused")
@@ -86,12 +91,20 @@ struct S3StoreTests {
             #expect(try await store.list(prefix: "images/x2/").isEmpty)
             #expect(store.url(for: "images/x1/large.jpg") == "\(weed.endpoint)/prism-test/t/images/x1/large.jpg")
 
-            var wrong = weed.configuration()
-            wrong.secretAccessKey = "not-the-secret"
-            let intruder = try S3Store(configuration: wrong, curl: curl)
-            await #expect(throws: StorageError.self) {
-                _ = try await intruder.put(key: "images/x3/a.jpg", body: payload, contentType: "image/jpeg", cacheControl: "x")
+            // Refused by the store itself, with its reason: a connection failure is no proof that
+            // signatures are checked.
+            var wrongSecret = weed.configuration()
+            wrongSecret.secretAccessKey = "not-the-secret"
+            var unknownKey = weed.configuration()
+            unknownKey.accessKeyID = "nobody"
+            for (config, code) in [(wrongSecret, "SignatureDoesNotMatch"), (unknownKey, "InvalidAccessKeyId")] {
+                let intruder = try S3Store(configuration: config, curl: curl)
+                let error = await #expect(throws: StorageError.self) {
+                    _ = try await intruder.put(key: "images/x3/a.jpg", body: payload, contentType: "image/jpeg", cacheControl: "x")
+                }
+                #expect(error?.detail == "HTTP 403 \(code)", "\(String(describing: error))")
             }
+            #expect(try await store.get(key: "images/x3/a.jpg") == nil, "nothing was written with the wrong keys")
         }
     }
 }

@@ -88,7 +88,11 @@ struct FrameCodecTests {
     func http() throws {
         var decoder = FrameDecoder()
         var buffer = ByteBuffer(string: "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        #expect(throws: FrameError.self) {
+        // "GET " read as a big-endian length: 0x47455420, about 1.1 GB, far over any limit.
+        let announced = 0x4745_5420
+        #expect(Array("GET ".utf8) == [0x47, 0x45, 0x54, 0x20])
+        #expect(announced > decoder.maxFrameSize)
+        #expect(throws: FrameError.tooLarge(length: announced, limit: decoder.maxFrameSize)) {
             _ = try decoder.decode(buffer: &buffer)
         }
     }

@@ -83,6 +83,63 @@ def test_upload_makes_every_variant_and_stores_it_on_local_disk(stack):
     assert gateway.stored_files() == []
 
 
+# The default recipe as docs/configuration.md promises it: each variant's fit, box and format.
+DEFAULT_PROMISE = {
+    "thumb": ("cover", 200, 200, "jpeg"),
+    "small": ("inside", 640, 0, "webp"),
+    "medium": ("inside", 1280, 1280, "jpeg"),
+    "large": ("inside", 2048, 2048, "jpeg"),
+    "blur": ("inside", 640, 640, "jpeg"),
+}
+
+
+def promised_size(fit, box_width, box_height, width, height):
+    """What `fit` into the box makes of a width x height image; "inside" never enlarges, and a
+    0 side of the box is free."""
+    if fit == "cover":
+        return box_width, box_height
+    scale = min(box_width / width if box_width else 1e9, box_height / height if box_height else 1e9, 1.0)
+    return round(width * scale), round(height * scale)
+
+
+# ...and the blur variant's gaussian blur.
+BLUR_SIGMA = 8
+
+
+def difference(a, b):
+    """Mean absolute difference of the first bands."""
+    return (a[0].cast("float") - b[0].cast("float")).abs().avg()
+
+
+@pytest.mark.parametrize("source,upright", [
+    (photo("Dune.jpg"), (1680, 1050)),           # landscape, smaller than the large box
+    (edge("orient6-gps.jpg"), (1600, 2560)),     # portrait once turned upright
+    (edge("grey.jpg"), (640, 400)),              # smaller than every box: nothing is enlarged
+])
+def test_the_default_recipe_makes_the_documented_sizes_and_formats_from_real_photos(stack, source, upright):
+    gateway, _ = stack
+    response = gateway.upload(source)
+    assert response.status_code == 201, response.text
+    manifest = response.json()
+    assert (manifest["original"]["width"], manifest["original"]["height"]) == upright
+    made = {}
+    for entry in manifest["variants"]:
+        data = requests.get(entry["url"], timeout=10).content
+        image = pyvips.Image.new_from_buffer(data, "")
+        made[entry["name"]] = image
+        fit, box_width, box_height, fmt = DEFAULT_PROMISE[entry["name"]]
+        want = promised_size(fit, box_width, box_height, *upright)
+        assert (image.width, image.height) == want, f"{entry['name']} of {source.name}: {image.width}x{image.height}, promised {want}"
+        assert image.get("vips-loader").startswith({"jpeg": "jpeg", "webp": "webp"}[fmt]), (entry["name"], image.get("vips-loader"))
+        assert entry["format"] == fmt and (entry["width"], entry["height"]) == want
+    assert set(made) == set(DEFAULT_PROMISE)
+    # The blur variant looks like the photo at its size blurred, not like the photo itself.
+    blur = made["blur"]
+    sharp = pyvips.Image.thumbnail(str(source), blur.width, height=blur.height, size="force").copy_memory()
+    blurred = sharp.gaussblur(BLUR_SIGMA)
+    assert difference(blur, blurred) * 3 < difference(blur, sharp), (difference(blur, blurred), difference(blur, sharp))
+
+
 def test_raw_body_upload_with_curl_and_recipes_listing(stack):
     gateway, _ = stack
     result = subprocess.run(["curl", "-s", "-w", "\\n%{http_code}", "-H", "Content-Type: image/webp",
@@ -286,6 +343,37 @@ def test_unknown_recipe_and_unknown_image_are_clear(stack):
     assert requests.get(gateway.url + "/nowhere", timeout=5).json()["status"] == 404
 
 
+def test_past_the_concurrent_upload_limit_the_next_upload_is_429_until_a_slot_frees(services):
+    processors = [services.processor()]
+    gateway = services.gateway(processors, "--recipes", RECIPES, "--max-concurrent-uploads", "2")
+    gateway.wait_processors(1)
+    results = []
+    held = [threading.Thread(target=lambda: results.append(gateway.upload(edge("large-19mp.jpg"), recipe="slow")))
+            for _ in range(2)]
+    for thread in held:
+        thread.start()
+    wait_until(lambda: metric_value(gateway.metrics(), "prism_gateway_uploads_in_flight") == 2, message="both slots taken")
+    refused = gateway.upload(photo("Dune.jpg"))
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert refused.json()["type"].endswith("/too-many-uploads")
+    for thread in held:
+        thread.join(60)
+    assert [r.status_code for r in results] == [201, 201], [r.text for r in results]
+    # The slots are given back.
+    assert gateway.upload(photo("Dune.jpg")).status_code == 201
+
+
+def upload_requests_answered(gateway):
+    """POST /v1/images requests the gateway has finished with, whatever their status."""
+    total = 0.0
+    for line in gateway.metrics().splitlines():
+        if line.startswith("prism_gateway_requests_total{") and 'route="/v1/images"' in line and 'method="POST"' in line:
+            total += float(line.rpartition(" ")[2])
+    return total
+
+
 def test_a_client_that_disconnects_leaves_no_work_running_and_nothing_stored(services):
     processors = [services.processor(), services.processor()]
     gateway = services.gateway(processors, "--recipes", RECIPES)
@@ -294,17 +382,20 @@ def test_a_client_that_disconnects_leaves_no_work_running_and_nothing_stored(ser
     head = (f"POST /v1/images?recipe=slow HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
             f"Content-Length: {len(data)}\r\n\r\n").encode()
 
-    # 1. Gone while sending the body: no processor call is ever made.
+    # 1. Gone while sending the body: once the gateway is done with the request, no processor
+    # call was made and nothing was stored.
     with socket.create_connection(("127.0.0.1", gateway.port)) as s:
         s.sendall(head + data[: len(data) // 2])
-    time.sleep(0.5)
+    wait_until(lambda: upload_requests_answered(gateway) == 1, 10, message="the gateway to finish the cut-off request")
     assert processors_metric(processors, "prism_processor_calls_started_total") == 0
+    assert gateway.stored_files() == []
 
-    # 2. Gone while the variants are being made: the processors stop, nothing stays stored.
+    # 2. Gone while the variants are being made (the job runs and the original is stored): the
+    # processors stop, and what was stored is removed.
     s = socket.create_connection(("127.0.0.1", gateway.port))
     s.sendall(head + data)
     wait_until(lambda: processors_metric(processors, "prism_processor_jobs_running") == 1, message="the slow job to start")
-    time.sleep(0.3)
+    wait_until(lambda: any(f.endswith("/original.jpg") for f in gateway.stored_files()), 10, message="the original to be stored")
     s.close()
     start = time.monotonic()
     wait_until(lambda: processors_metric(processors, "prism_processor_jobs_running") == 0, 10, message="the job to stop")

@@ -192,15 +192,22 @@ def test_gateway_sigterm_finishes_the_upload_in_flight_then_exits(services):
     thread.start()
     wait_until(lambda: sum(p.metric("prism_processor_jobs_running") for p in processors) == 1, message="the upload to be processing")
     gateway.signal(signal.SIGTERM)
-    time.sleep(0.3)
-    # No new connections once draining...
-    with pytest.raises(requests.ConnectionError):
-        requests.get(gateway.url + "/healthz", timeout=2)
+    # No new connections once draining, while the gateway is still running its upload...
+    wait_until(lambda: refuses_connections(gateway.url + "/healthz"), 10, message="the gateway to stop accepting")
+    assert gateway.alive() and thread.is_alive(), "the gateway refused new connections only once it had finished"
     thread.join(60)
     # ...but the upload in flight completes.
     assert result["r"].status_code == 201, result["r"].text
     assert gateway.proc.wait(30) == 0
     assert gateway.stored_files(), "the finished upload is stored"
+
+
+def refuses_connections(url):
+    try:
+        requests.get(url, timeout=2)
+    except requests.ConnectionError:
+        return True
+    return False
 
 
 def test_processor_sigterm_under_load_fails_no_upload(services):
@@ -220,7 +227,9 @@ def test_processor_sigterm_under_load_fails_no_upload(services):
     wait_until(lambda: processors[0].metric("prism_processor_jobs_running") >= 1, message="the first processor to be busy")
     processors[0].signal(signal.SIGTERM)
     assert processors[0].proc.wait(60) == 0
-    time.sleep(1.0)
+    # Uploads go on against the one processor left.
+    made = statuses.count(201)
+    wait_until(lambda: statuses.count(201) >= made + 2, 60, message="two more uploads made after the processor left")
     stop.set()
     for c in clients:
         c.join(120)
