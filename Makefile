@@ -7,6 +7,7 @@ help:
 	@echo "make test     install what is needed, build, run every test (Swift, C client, system)"
 	@echo "make build    debug build of everything, including the C client"
 	@echo "make bench    the benchmark harness (Benchmarks/README.md)"
+	@echo "make fuzz     libFuzzer on the frame decoder and the spec planner, 10 million runs each"
 	@echo "make protos   regenerate Sources/PrismProto from Protos/"
 
 deps:
@@ -24,6 +25,7 @@ test: test-deps
 	swift build --build-tests
 	$(MAKE) -s -C Sources/prism-call
 	swift test --skip-build
+	FUZZ_SECONDS=20 scripts/fuzz.sh
 	python3 -m pytest -q Tests/system
 
 run: deps
@@ -38,4 +40,7 @@ bench: test-deps
 	swift build -c release --product prism-bench
 	python3 Benchmarks/run.py
 
-.PHONY: help deps test-deps build test run protos bench
+fuzz: deps
+	scripts/fuzz.sh
+
+.PHONY: help deps test-deps build test run protos bench fuzz

@@ -1,4 +1,5 @@
 // swift-tools-version:6.1
+import Foundation
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -265,3 +266,31 @@ let package = Package(
         ),
     ]
 )
+
+// libFuzzer targets, only when scripts/fuzz.sh builds them (PRISM_FUZZ=1, own scratch path,
+// -sanitize=fuzzer,address): their main hands over to libFuzzer, which a normal build lacks.
+if ProcessInfo.processInfo.environment["PRISM_FUZZ"] != nil {
+    package.targets += [
+        .executableTarget(
+            name: "prism-fuzz-frames",
+            dependencies: [
+                "PrismWire",
+                "PrismProto",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Tests/Fuzz/FuzzFrames",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "prism-fuzz-specs",
+            dependencies: [
+                "PrismImaging",
+                "PrismWire",
+                "PrismProto",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Tests/Fuzz/FuzzSpecs",
+            swiftSettings: swiftSettings
+        )
+    ]
+}
