@@ -16,10 +16,24 @@ from conftest import BIN, REPO, Gateway, Processor, Service, edge, free_port, me
 COMPOSE = REPO / "compose" / "docker-compose.yml"
 
 
-def compose_config():
-    result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60)
+def compose_config(token="a-test-token-0123456789abcdef"):
+    env = {k: v for k, v in os.environ.items() if k != "PRISM_AUTH_TOKEN"}
+    if token:
+        env["PRISM_AUTH_TOKEN"] = token
+    result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
+                            timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
+
+
+def test_compose_ships_no_processor_token_and_refuses_to_start_without_one():
+    env = {k: v for k, v in os.environ.items() if k != "PRISM_AUTH_TOKEN"}
+    result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode != 0 and "set PRISM_AUTH_TOKEN" in result.stderr
+    config = compose_config(token="from-the-operator")
+    for service in ("processor", "gateway"):
+        assert config["services"][service]["environment"]["PRISM_AUTH_TOKEN"] == "from-the-operator"
 
 
 def test_compose_file_is_valid_and_has_the_production_shape():
