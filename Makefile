@@ -25,7 +25,7 @@ test: test-deps
 	swift build --build-tests
 	$(MAKE) -s -C Sources/prism-call
 	swift test --skip-build
-	FUZZ_SECONDS=20 scripts/fuzz.sh
+	FUZZ_SECONDS=20 FUZZ_CONFIG=debug scripts/fuzz.sh
 	python3 -m pytest -q Tests/system
 
 run: deps
