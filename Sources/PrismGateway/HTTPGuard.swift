@@ -103,9 +103,10 @@ final class ConnectionLimiter: Sendable {
 ///
 /// It sits after the HTTP codec, so it sees request heads, body parts and ends, and the
 /// answer's parts on their way out:
-/// - waiting for a request: if bytes arrived but no complete header within `headerTimeout`,
-///   it answers 408 itself and closes; an idle keep-alive connection is closed silently after
-///   `keepAliveTimeout`;
+/// - waiting for a request: a header not complete `headerTimeout` after its first byte is
+///   answered 408 here (no request reached the application) and the connection closed; a new
+///   connection that sends nothing is closed silently after `headerTimeout`, an idle
+///   keep-alive one after `keepAliveTimeout`;
 /// - reading a body: a gap longer than `bodyIdleTimeout`, or a body still arriving
 ///   `bodyTimeout` after its header, fails the body stream with `RequestReadTimeout`; the
 ///   route reading it answers 408 (so metrics and the access log see the real status) and the
