@@ -20,9 +20,10 @@ enum FrameSize {
         return bytes
     }
 
-    /// Bytes of the serialised Request.
-    static func request(_ request: Prism_V1_Request) throws -> Int {
-        let source = request.source.count
+    /// Bytes of the serialised Request, with a source of `sourceBytes` bytes when given (one
+    /// sent from its own buffer, see `RequestFrame`) or else the request's own.
+    static func request(_ request: Prism_V1_Request, sourceBytes: Int? = nil) throws -> Int {
+        let source = sourceBytes ?? request.source.count
         // Field 1 (bytes): one tag byte, the length as a varint, the bytes; absent when empty.
         let sourceBytes = source == 0 ? 0 : 1 + Self.varint(UInt64(source)) + source
         var rest = request

@@ -1,31 +1,60 @@
 public import Foundation
+public import NIOCore
 public import PrismProto
 
 /// One call: a source image and the variants to make of it.
 public struct ProcessRequest: Sendable {
-    public var source: Data
+    /// The encoded source image. It is written to the connection as is, never copied into the
+    /// frame: calls that share one buffer (the same upload sent to several processors) share
+    /// its memory.
+    public var sourceBuffer: ByteBuffer
     public var variants: [Prism_V1_VariantSpec]
     /// When the caller stops waiting. The remaining time is sent with the request, so the
     /// processor stops working when it runs out. Nil means the processor's default.
     public var deadline: ContinuousClock.Instant?
     /// Correlates the processor's log lines with the caller's.
     public var requestID: String
+    /// Whether `ProcessResult.variants` keeps each variant's bytes. A caller that stores each
+    /// one in `onVariant` turns this off, so the bytes are freed once stored rather than held
+    /// until the whole call ends.
+    public var keepsVariantData: Bool
 
+    public init(
+        source: ByteBuffer,
+        variants: [Prism_V1_VariantSpec],
+        deadline: ContinuousClock.Instant? = nil,
+        requestID: String = "",
+        keepsVariantData: Bool = true
+    ) {
+        self.sourceBuffer = source
+        self.variants = variants
+        self.deadline = deadline
+        self.requestID = requestID
+        self.keepsVariantData = keepsVariantData
+    }
+
+    /// A request for a source held in `Data` (copied once into a buffer here).
     public init(
         source: Data,
         variants: [Prism_V1_VariantSpec],
         deadline: ContinuousClock.Instant? = nil,
-        requestID: String = ""
+        requestID: String = "",
+        keepsVariantData: Bool = true
     ) {
-        self.source = source
-        self.variants = variants
-        self.deadline = deadline
-        self.requestID = requestID
+        self.init(source: ByteBuffer(bytes: source), variants: variants, deadline: deadline, requestID: requestID, keepsVariantData: keepsVariantData)
+    }
+
+    /// The source as `Data` (a copy).
+    public var source: Data {
+        get { Data(self.sourceBuffer.readableBytesView) }
+        set { self.sourceBuffer = ByteBuffer(bytes: newValue) }
     }
 }
 
 /// One variant as the processor returned it.
 public struct VariantResult: Sendable {
+    /// Bytes of the variant, even when `data` was dropped (`ProcessRequest.keepsVariantData`).
+    public var byteCount: Int
     /// Index of the spec in `ProcessRequest.variants`.
     public var index: Int
     public var name: String

@@ -1,3 +1,4 @@
+import Foundation
 public import Logging
 public import NIOCore
 public import NIOPosix
@@ -25,7 +26,7 @@ import Synchronization
 /// carries out what it decides, outside its lock.
 public final class ProcessorConnection: Sendable {
     public let remoteDescription: String
-    let channel: NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>
+    let channel: NIOAsyncChannel<Prism_V1_Frame, OutboundFrame>
     let configuration: ProcessorClientConfiguration
     let logger: Logger
     let activity: InboundActivity
@@ -35,7 +36,7 @@ public final class ProcessorConnection: Sendable {
     typealias Waiter = CheckedContinuation<Void, any Error>
 
     private init(
-        channel: NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>,
+        channel: NIOAsyncChannel<Prism_V1_Frame, OutboundFrame>,
         remote: String,
         activity: InboundActivity,
         configuration: ProcessorClientConfiguration,
@@ -63,7 +64,7 @@ public final class ProcessorConnection: Sendable {
     ) async throws -> ProcessorConnection {
         let maxFrameSize = configuration.maxFrameSize
         let activity = InboundActivity()
-        let channel: NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>
+        let channel: NIOAsyncChannel<Prism_V1_Frame, OutboundFrame>
         do {
             channel = try await ClientBootstrap(group: eventLoopGroup)
                 .connectTimeout(TimeAmount(configuration.connectTimeout))
@@ -72,8 +73,8 @@ public final class ProcessorConnection: Sendable {
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(InboundActivityHandler(activity))
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrameSize)))
-                        try channel.pipeline.syncOperations.addHandler(FrameEncoder())
-                        return try NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>(wrappingChannelSynchronously: channel)
+                        try channel.pipeline.syncOperations.addHandler(OutboundFrameEncoder())
+                        return try NIOAsyncChannel<Prism_V1_Frame, OutboundFrame>(wrappingChannelSynchronously: channel)
                     }
                 }
         } catch {
@@ -235,7 +236,6 @@ public final class ProcessorConnection: Sendable {
     ) async throws -> ProcessResult {
         try await self.waitUntilReady()
         var message = Prism_V1_Request()
-        message.source = request.source
         message.variants = request.variants
         message.requestID = request.requestID
         if let deadline = request.deadline {
@@ -245,7 +245,7 @@ public final class ProcessorConnection: Sendable {
             }
             message.timeoutMs = UInt32(clamping: remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000)
         }
-        let requestSize = try FrameSize.request(message)
+        let requestSize = try FrameSize.request(message, sourceBytes: request.sourceBuffer.readableBytes)
 
         let (events, continuation) = AsyncThrowingStream<CallEvent, any Error>.makeStream()
         let callID: UInt64
@@ -264,7 +264,7 @@ public final class ProcessorConnection: Sendable {
             }
         }
         defer { timer?.cancel() }
-        self.send(.request(callID: callID, message))
+        self.channel.channel.writeAndFlush(OutboundFrame.request(RequestFrame(callID: callID, request: message, source: request.sourceBuffer)), promise: nil)
 
         var finished = false
         defer {
@@ -278,7 +278,8 @@ public final class ProcessorConnection: Sendable {
                 case .variant(let response):
                     let index = Int(response.variantIndex)
                     guard index < request.variants.count else { continue }
-                    let result = VariantResult(
+                    var result = VariantResult(
+                        byteCount: response.data.count,
                         index: index,
                         name: request.variants[index].name,
                         data: response.data,
@@ -287,8 +288,9 @@ public final class ProcessorConnection: Sendable {
                         format: response.format,
                         processDuration: VariantResult.processDuration(microseconds: response.processUs)
                     )
-                    variants.append(result)
                     try await onVariant(result)
+                    if !request.keepsVariantData { result.data = Data() }
+                    variants.append(result)
                 case .complete(let complete):
                     finished = true
                     return ProcessResult(variants: variants.sorted { $0.index < $1.index }, complete: complete)
@@ -315,7 +317,7 @@ public final class ProcessorConnection: Sendable {
     func send(_ frame: Prism_V1_Frame) {
         // Writes go straight to the channel, so frames leave in the order they were sent
         // (a Cancel never overtakes its Request).
-        self.channel.channel.writeAndFlush(frame, promise: nil)
+        self.channel.channel.writeAndFlush(OutboundFrame.frame(frame), promise: nil)
     }
 
     /// Handles one inbound frame; returns true when the connection has closed and reading
