@@ -102,6 +102,15 @@ static inline void prism_curl_capture(CURL *h, PrismCurlResponse *r) {
     curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
 }
 
+// Sends a request body from the caller's read callback (and rewinds it through the seek
+// callback), so libcurl never copies the body; `user` reaches both.
+static inline void prism_curl_read_from(CURL *h, curl_read_callback read, curl_seek_callback seek, void *user) {
+    curl_easy_setopt(h, CURLOPT_READFUNCTION, read);
+    curl_easy_setopt(h, CURLOPT_READDATA, user);
+    curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, seek);
+    curl_easy_setopt(h, CURLOPT_SEEKDATA, user);
+}
+
 static inline void prism_curl_response_free(PrismCurlResponse *r) {
     free(r->data);
     r->data = NULL;

@@ -160,6 +160,22 @@ public final class CurlDriver: Service, Sendable {
     }
 }
 
+/// libcurl's read callback: the transfer (alive while its handle is in use) fills the buffer.
+private let transferReadBody: curl_read_callback = { buffer, size, count, user in
+    guard let buffer, let user else { return 0 }
+    let transfer = Unmanaged<Transfer>.fromOpaque(user).takeUnretainedValue()
+    return transfer.readBody(into: UnsafeMutableRawBufferPointer(start: buffer, count: size * count))
+}
+
+/// libcurl's seek callback: only a rewind to the start is needed (a retried request).
+private let transferSeekBody: curl_seek_callback = { user, offset, origin in
+    guard let user, origin == SEEK_SET, offset >= 0 else { return Int32(CURL_SEEKFUNC_CANTSEEK) }
+    let transfer = Unmanaged<Transfer>.fromOpaque(user).takeUnretainedValue()
+    guard Int(offset) <= transfer.request.body?.count ?? 0 else { return Int32(CURL_SEEKFUNC_FAIL) }
+    transfer.bodyOffset = Int(offset)
+    return Int32(CURL_SEEKFUNC_OK)
+}
+
 /// One easy handle and everything it points at, kept alive until libcurl is done with it.
 private final class Transfer: @unchecked Sendable {
     let easy: UnsafeMutableRawPointer
@@ -194,10 +210,17 @@ private final class Transfer: @unchecked Sendable {
         default: prism_curl_set_str(easy, CURLOPT_CUSTOMREQUEST, request.method)
         }
         if let body = request.body {
-            // libcurl copies the body (a Data's bytes have no stable address to lend it).
-            prism_curl_set_off(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count))
-            body.withUnsafeBytes { raw in
-                _ = prism_curl_set_ptr(easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(("" as StaticString).utf8Start)))
+            if request.method == "PUT" {
+                // Read from the body by callback: libcurl never holds a copy of an upload of
+                // tens of megabytes.
+                prism_curl_set_long(easy, CURLOPT_UPLOAD, 1)
+                prism_curl_set_off(easy, CURLOPT_INFILESIZE_LARGE, curl_off_t(body.count))
+            } else {
+                // Small bodies of other methods: libcurl copies them.
+                prism_curl_set_off(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count))
+                body.withUnsafeBytes { raw in
+                    _ = prism_curl_set_ptr(easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(("" as StaticString).utf8Start)))
+                }
             }
         }
         for header in request.headers {
@@ -211,6 +234,24 @@ private final class Transfer: @unchecked Sendable {
             prism_curl_set_str(easy, CURLOPT_USERPWD, sig.credentials)
         }
         prism_curl_capture(easy, self.response)
+        if request.method == "PUT", request.body != nil {
+            prism_curl_read_from(easy, transferReadBody, transferSeekBody, Unmanaged.passUnretained(self).toOpaque())
+        }
+    }
+
+    /// How far libcurl has read the body. Touched only on the curl thread.
+    fileprivate var bodyOffset = 0
+
+    /// Copies the next part of the body into libcurl's buffer.
+    fileprivate func readBody(into target: UnsafeMutableRawBufferPointer) -> Int {
+        guard let body = self.request.body else { return 0 }
+        let count = min(target.count, body.count - self.bodyOffset)
+        guard count > 0 else { return 0 }
+        body.withUnsafeBytes { raw in
+            target.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[self.bodyOffset..<(self.bodyOffset + count)]))
+        }
+        self.bodyOffset += count
+        return count
     }
 
     deinit {
