@@ -41,6 +41,8 @@ public final class Gateway: Sendable {
     private let activeUploads = Mutex(0)
     /// Bytes of upload bodies held in memory, received or being processed.
     let bodyBudget: ByteBudget
+    /// Where bodies go when `bodyBudget` is full.
+    let spool: BodySpool
 
     /// - Parameter recipes: the recipes, when already loaded; otherwise read from the
     ///   configuration's recipe file.
@@ -66,8 +68,8 @@ public final class Gateway: Sendable {
             self.store = try S3Store(configuration: s3, curl: curl)
         }
         self.coordinator = UploadCoordinator(pool: self.pool, store: self.store, configuration: configuration, metrics: self.metrics)
-        // Waiting for room pauses reading the body: keep it well inside the idle timeout.
-        self.bodyBudget = ByteBudget(limit: configuration.maxUploadMemory, wait: min(.seconds(5), configuration.http.bodyIdleTimeout / 2))
+        self.bodyBudget = ByteBudget(limit: configuration.maxUploadMemory)
+        self.spool = BodySpool(directory: configuration.spoolDirectory, budget: ByteBudget(limit: configuration.maxSpoolBytes))
     }
 
     /// The sweeper over this gateway's store, with the configured grace period.
@@ -228,12 +230,18 @@ public final class Gateway: Sendable {
             throw GatewayError.badRequest("There is no recipe named '\(recipeName)'; known recipes: \(known).")
         }
         // The body first, counted in bytes against the memory budget as it arrives: a client
-        // that trickles holds only what it has sent, never a slot that fast clients need.
+        // that trickles holds only what it has sent, never a slot that fast clients need. What
+        // does not fit goes to the spool and comes back when there is room (waiting at most
+        // the upload timeout).
         let clock = ContinuousClock()
         let receiving = clock.now
         let lease = self.bodyBudget.lease()
         defer { lease.release() }
-        let source = try await UploadBody.read(request, limit: self.configuration.maxUploadBytes, lease: lease)
+        let (source, spooled) = try await UploadBody.read(
+            request, limit: self.configuration.maxUploadBytes, lease: lease, spool: self.spool,
+            memoryDeadline: .now + self.configuration.uploadTimeout, logger: context.logger
+        )
+        if spooled { self.metrics.uploadsSpooled.increment() }
         self.metrics.stage("receive", clock.now - receiving)
 
         // Then a processing slot: only uploads whose whole body is here compete for these.
@@ -253,7 +261,7 @@ public final class Gateway: Sendable {
             try await self.coordinator.upload(source, recipe: recipe, requestID: context.requestID, logger: context.logger)
         }
         self.metrics.uploadsSucceeded.increment()
-        context.logger.info("upload stored", metadata: ["image_id": "\(manifest.id)", "recipe": "\(recipe.name)", "bytes": "\(source.count)"])
+        context.logger.info("upload stored", metadata: ["image_id": "\(manifest.id)", "recipe": "\(recipe.name)", "bytes": "\(source.readableBytes)"])
         return Response(
             status: .created,
             headers: [.contentType: "application/json", .location: "/v1/images/\(manifest.id)"],

@@ -22,8 +22,12 @@ public struct GatewayConfiguration: Sendable {
     /// Retry-After.
     public var maxConcurrentUploads: Int = 32
     /// Bytes of upload bodies held in memory at once, counted as they arrive; a body that would
-    /// go past it is answered 503 with Retry-After.
-    public var maxUploadMemory: Int = 256 << 20
+    /// go past it continues into a spool file and is read back when there is room.
+    public var maxUploadMemory: Int = 128 << 20
+    /// Where bodies that do not fit in memory are spooled (unnamed files, gone when closed).
+    public var spoolDirectory: String = FileManager.default.temporaryDirectory.path
+    /// Bytes of spooled bodies on disk at once; beyond it uploads are answered 503.
+    public var maxSpoolBytes: Int = 2 << 30
     /// Time limits on reading requests, and the connection cap.
     public var http = HTTPServerLimits()
     /// Bearer keys; when not empty every /v1 route requires one.

@@ -10,6 +10,8 @@ final class GatewayMetrics: Sendable {
     let uploadsSucceeded: CoreMetrics.Counter
     let uploadsFailedCounter: CoreMetrics.Counter
     let uploadsAbandoned: CoreMetrics.Counter
+    /// Bodies that went to the spool because the memory budget was full.
+    let uploadsSpooled: CoreMetrics.Counter
     let bytesStored: CoreMetrics.Counter
     let variantTimer: CoreMetrics.Timer
     let storeTimer: CoreMetrics.Timer
@@ -23,6 +25,7 @@ final class GatewayMetrics: Sendable {
         self.uploadsSucceeded = CoreMetrics.Counter(label: "prism_gateway_uploads_total", dimensions: [("outcome", "ok")], factory: factory)
         self.uploadsFailedCounter = CoreMetrics.Counter(label: "prism_gateway_uploads_total", dimensions: [("outcome", "failed")], factory: factory)
         self.uploadsAbandoned = CoreMetrics.Counter(label: "prism_gateway_uploads_cancelled_total", factory: factory)
+        self.uploadsSpooled = CoreMetrics.Counter(label: "prism_gateway_upload_bodies_spooled_total", factory: factory)
         self.bytesStored = CoreMetrics.Counter(label: "prism_gateway_bytes_stored_total", factory: factory)
         self.variantTimer = CoreMetrics.Timer(label: "prism_gateway_variant_seconds", factory: factory)
         self.storeTimer = CoreMetrics.Timer(label: "prism_gateway_store_seconds", factory: factory)

@@ -1,19 +1,33 @@
 import Foundation
 import Hummingbird
+import Logging
 import MultipartKit
 import NIOCore
 
 /// Reads the image out of an upload: a multipart/form-data `file` field, parsed as the body
 /// streams in, or a raw `image/*` (or application/octet-stream) body. Never holds more than
-/// `limit` bytes; past that it answers 413 without reading the rest.
+/// `limit` bytes; past that it answers 413 without reading the rest. The bytes go to a
+/// `BodySink`: memory while the budget has room, a spool file otherwise.
 enum UploadBody {
-    static func read(_ request: Request, limit: Int, lease: ByteBudget.Lease) async throws -> Data {
+    /// The image, in one buffer (read back from the spool if it went there), and whether it was
+    /// spooled.
+    static func read(
+        _ request: Request, limit: Int, lease: ByteBudget.Lease, spool: BodySpool,
+        memoryDeadline: ContinuousClock.Instant, logger: Logger
+    ) async throws -> (body: ByteBuffer, spooled: Bool) {
+        let sink = BodySink(limit: limit, lease: lease, spool: spool)
+        defer { sink.discard() }
         do {
-            return try await self.readBody(request, limit: limit, lease: lease)
+            try await self.readBody(request, limit: limit, into: sink)
+            guard sink.count > 0 else { throw GatewayError.badRequest("The request body is empty; send the image bytes.") }
+            return (try await sink.finish(until: memoryDeadline), sink.spooled)
         } catch let error as GatewayError {
             throw error
         } catch let error as RequestReadTimeout {
             throw error.problem
+        } catch let error as SpoolError {
+            logger.error("upload body could not be spooled", metadata: ["error": "\(error)"])
+            throw GatewayError.memoryBusy
         } catch is CancellationError {
             throw CancellationError()
         } catch {
@@ -22,7 +36,7 @@ enum UploadBody {
         }
     }
 
-    private static func readBody(_ request: Request, limit: Int, lease: ByteBudget.Lease) async throws -> Data {
+    private static func readBody(_ request: Request, limit: Int, into sink: BodySink) async throws {
         if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limit {
             throw GatewayError.tooLarge(limit: limit)
         }
@@ -32,36 +46,29 @@ enum UploadBody {
             guard let boundary = parameter("boundary", in: contentType), !boundary.isEmpty, boundary.utf8.count <= 200 else {
                 throw GatewayError.badRequest("multipart/form-data needs a boundary parameter in Content-Type.")
             }
-            return try await self.multipartFile(request.body, boundary: boundary, limit: limit, lease: lease)
+            return try await self.multipartFile(request.body, boundary: boundary, limit: limit, into: sink)
         }
         if mediaType.hasPrefix("image/") || mediaType == "application/octet-stream" {
-            // Straight into the Data that travels on: one copy of the bytes, sized up front when
-            // the length is announced.
-            var data = Data()
-            // Reserve what is announced only up to 1 MiB: a client that announces 40 MB and sends
-            // nothing must not make the gateway map 40 MB (the budget counts what arrives).
-            if let length = request.headers[.contentLength].flatMap({ Int($0) }) { data.reserveCapacity(min(length, 1 << 20)) }
             for try await chunk in request.body {
-                guard data.count + chunk.readableBytes <= limit else { throw GatewayError.tooLarge(limit: limit) }
-                try await lease.grow(by: chunk.readableBytes)
-                data.append(contentsOf: chunk.readableBytesView)
+                try await sink.append(chunk)
             }
-            guard !data.isEmpty else { throw GatewayError.badRequest("The request body is empty; send the image bytes.") }
-            return data
+            return
         }
         throw GatewayError.unsupportedMediaType(
             "Send the image as multipart/form-data with a 'file' field, or as a raw body with an image/* Content-Type (got '\(mediaType.isEmpty ? "none" : mediaType)')."
         )
     }
 
-    /// Streams the body through multipart-kit's parser and keeps only the `file` part.
-    private static func multipartFile(_ body: RequestBody, boundary: String, limit: Int, lease: ByteBudget.Lease) async throws -> Data {
+    /// Streams the body through multipart-kit's parser and keeps only the first `file` part.
+    private static func multipartFile(_ body: RequestBody, boundary: String, limit: Int, into sink: BodySink) async throws {
         let parser = MultipartParser(boundary: boundary)
         final class Collector {
             var inPart = false
             var isFile = false
-            var file: Data?
-            var current = Data()
+            var fileDone = false
+            var fileBytes = 0
+            /// Bytes of the file part parsed from the last chunk, for the sink.
+            var pending: [ByteBuffer] = []
             var completedParts = 0
         }
         let collector = Collector()
@@ -73,11 +80,13 @@ enum UploadBody {
         }
         parser.onBody = { chunk in
             collector.inPart = true
-            if collector.isFile, collector.file == nil { collector.current.append(contentsOf: chunk.readableBytesView) }
+            if collector.isFile, !collector.fileDone {
+                collector.pending.append(chunk)
+                collector.fileBytes += chunk.readableBytes
+            }
         }
         parser.onPartComplete = {
-            if collector.isFile, collector.file == nil { collector.file = collector.current }
-            collector.current = Data()
+            if collector.isFile, collector.fileBytes > 0 { collector.fileDone = true }
             collector.isFile = false
             collector.inPart = false
             collector.completedParts += 1
@@ -87,12 +96,15 @@ enum UploadBody {
             for try await chunk in body {
                 received += chunk.readableBytes
                 guard received <= limit else { throw GatewayError.tooLarge(limit: limit) }
-                try await lease.grow(by: chunk.readableBytes)
                 try parser.execute(chunk)
+                for part in collector.pending { try await sink.append(part) }
+                collector.pending.removeAll()
             }
         } catch let error as GatewayError {
             throw error
         } catch let error as RequestReadTimeout {
+            throw error
+        } catch let error as SpoolError {
             throw error
         } catch is CancellationError {
             throw CancellationError()
@@ -105,10 +117,9 @@ enum UploadBody {
         guard collector.completedParts > 0 else {
             throw GatewayError.badRequest("The multipart body has no parts (is the boundary right?); send a 'file' field.")
         }
-        guard let file = collector.file, !file.isEmpty else {
+        guard collector.fileDone else {
             throw GatewayError.badRequest("The multipart body has no non-empty 'file' field; send the image in a field named 'file'.")
         }
-        return file
     }
 }
 

@@ -1,6 +1,8 @@
 import CoreMetrics
 import Foundation
 import Logging
+import NIOCore
+import NIOFoundationCompat
 import PrismClient
 import PrismProto
 import PrismStorage
@@ -37,7 +39,7 @@ struct UploadCoordinator: Sendable {
         self.cleanup = PendingCleanup(store: store)
     }
 
-    func upload(_ source: Data, recipe: Recipe, requestID: String, logger: Logger) async throws -> Manifest {
+    func upload(_ source: ByteBuffer, recipe: Recipe, requestID: String, logger: Logger) async throws -> Manifest {
         let clock = ContinuousClock()
         let start = clock.now
         let deadline = start + self.configuration.uploadTimeout
@@ -90,9 +92,12 @@ struct UploadCoordinator: Sendable {
     }
 
     private func make(
-        _ source: Data, recipe: Recipe, id: String, requestID: String,
+        _ sourceBuffer: ByteBuffer, recipe: Recipe, id: String, requestID: String,
         deadline: ContinuousClock.Instant, written: WrittenKeys, committed: CommitPoint, logger: Logger
     ) async throws -> Manifest {
+        // One copy of the body in memory for everything: the processor calls write the buffer
+        // itself, the store and the hash read it through a Data that shares its bytes.
+        let source = sourceBuffer.getData(at: sourceBuffer.readerIndex, length: sourceBuffer.readableBytes, byteTransferStrategy: .noCopy) ?? Data()
         let clock = ContinuousClock()
         let cacheControl = self.configuration.cacheControl
         let sniffed = ImageFormat.sniff(source)
@@ -120,7 +125,8 @@ struct UploadCoordinator: Sendable {
                 group.addTask {
                     let specs = members.map { recipe.variants[$0] }
                     let etags = Mutex<[Int: String]>([:])
-                    let request = ProcessRequest(source: source, variants: specs, deadline: deadline, requestID: requestID)
+                    // The variants' bytes are dropped once stored, not held until the upload ends.
+                    let request = ProcessRequest(source: sourceBuffer, variants: specs, deadline: deadline, requestID: requestID, keepsVariantData: false)
                     let result = try await self.pool.process(request) { variant in
                         let key = Self.variantKey(id: id, spec: specs[variant.index])
                         written.add(key)
@@ -157,7 +163,7 @@ struct UploadCoordinator: Sendable {
                     variants[index] = Manifest.Variant(
                         name: spec.name, key: key, url: self.store.url(for: key),
                         width: variant.width, height: variant.height, format: ImageFormat.name(variant.format.rawValue),
-                        bytes: variant.data.count, etag: etags[variant.index] ?? ""
+                        bytes: variant.byteCount, etag: etags[variant.index] ?? ""
                     )
                 }
             }

@@ -181,8 +181,14 @@ struct GatewayOptions: ParsableArguments {
     @Option(help: "Open client connections; more are answered 503 and closed. (env PRISM_MAX_CONNECTIONS; default 1024)")
     var maxConnections: Int?
 
-    @Option(help: "Upload body bytes held in memory at once, counted as they arrive; beyond it 503. (env PRISM_MAX_UPLOAD_MEMORY; default 256m)")
+    @Option(help: "Upload body bytes held in memory at once, counted as they arrive; beyond it bodies go to the spool. (env PRISM_MAX_UPLOAD_MEMORY; default 128m)")
     var maxUploadMemory: ByteSizeSetting?
+
+    @Option(help: "Directory for upload bodies that do not fit in memory (unnamed files). (env PRISM_SPOOL_DIR; default the system temporary directory)")
+    var spoolDir: String?
+
+    @Option(help: "Bytes of spooled upload bodies on disk at once; beyond it 503. (env PRISM_MAX_SPOOL; default 2g)")
+    var maxSpool: ByteSizeSetting?
 
     @Option(help: "The sweeper removes objects of uploads without a manifest once this old. (env PRISM_SWEEP_GRACE; default 1h)")
     var sweepGrace: DurationSetting?
@@ -276,6 +282,14 @@ struct GatewayOptions: ParsableArguments {
         try Settings.check(config.http.maxConnections, in: 1...1_000_000, "--max-connections (PRISM_MAX_CONNECTIONS)")
         config.maxUploadMemory = try settings.value(self.maxUploadMemory, env: "PRISM_MAX_UPLOAD_MEMORY", default: ByteSizeSetting(config.maxUploadMemory)).bytes
         try Settings.check(config.maxUploadMemory, in: config.maxUploadBytes...(1 << 40), "--max-upload-memory (PRISM_MAX_UPLOAD_MEMORY), at least --max-upload-size,")
+        config.maxSpoolBytes = try settings.value(self.maxSpool, env: "PRISM_MAX_SPOOL", default: ByteSizeSetting(config.maxSpoolBytes)).bytes
+        try Settings.check(config.maxSpoolBytes, in: config.maxUploadBytes...(1 << 50), "--max-spool (PRISM_MAX_SPOOL), at least --max-upload-size,")
+        config.spoolDirectory = try settings.value(self.spoolDir, env: "PRISM_SPOOL_DIR", default: config.spoolDirectory)
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: config.spoolDirectory, isDirectory: &isDirectory), isDirectory.boolValue,
+              FileManager.default.isWritableFile(atPath: config.spoolDirectory) else {
+            throw ValidationError("--spool-dir (PRISM_SPOOL_DIR) '\(config.spoolDirectory)' is not a writable directory; create it or point the flag at one.")
+        }
         config.sweepGrace = try settings.value(self.sweepGrace, env: "PRISM_SWEEP_GRACE", default: DurationSetting(config.sweepGrace)).duration
         guard config.sweepGrace > config.uploadTimeout + config.cleanupTimeout else {
             throw ValidationError("--sweep-grace (PRISM_SWEEP_GRACE) must be longer than --upload-timeout (plus 3 s of cleanup): a running upload has no manifest yet either.")
@@ -298,6 +312,7 @@ struct GatewayOptions: ParsableArguments {
             ("header_timeout", "\(config.http.headerTimeout)"), ("body_idle_timeout", "\(config.http.bodyIdleTimeout)"),
             ("body_timeout", "\(config.http.bodyTimeout)"), ("keep_alive_timeout", "\(config.http.keepAliveTimeout)"),
             ("max_connections", "\(config.http.maxConnections)"), ("max_upload_memory", "\(config.maxUploadMemory)"),
+            ("spool", "\(config.spoolDirectory), at most \(config.maxSpoolBytes) bytes"),
             ("sweep_grace", "\(config.sweepGrace)"), ("sweep_interval", config.sweepInterval.map { "\($0)" } ?? "off"),
         ]
         switch config.storage {

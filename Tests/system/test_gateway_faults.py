@@ -475,3 +475,82 @@ def test_sweep_also_removes_temporaries_of_abandoned_uploads(services):
     assert result.returncode == 0, result.stderr
     assert "orphaned_uploads=1 removed_objects=1" in result.stdout
     assert not directory.exists()
+
+
+# ---- 2. bounded memory: bodies past the budget go to the spool --------------------------------
+
+def spool_files_open(pid):
+    """Spool files the gateway holds open (they are unlinked at once, so only /proc sees them)."""
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if "prism-body-" in target:
+            held.append(target)
+    return held
+
+
+def post_raw(gateway, path, results, index):
+    with open(path, "rb") as f:
+        body = f.read()
+    r = requests.post(gateway.url + "/v1/images", data=body, headers={"Content-Type": "image/jpeg"}, timeout=120)
+    results[index] = (r.status_code, dict(r.headers), r.json() if r.content else None)
+
+
+def concurrent_uploads(gateway, paths):
+    results = [None] * len(paths)
+    threads = [threading.Thread(target=post_raw, args=(gateway, p, results, i)) for i, p in enumerate(paths)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_bodies_past_the_memory_budget_are_spooled_read_back_intact_and_leave_nothing(services, tmp_path):
+    import hashlib
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    processors = [services.processor(), services.processor()]
+    # Room in memory for about one body at a time: the others must go through the spool.
+    gateway = services.gateway(processors, "--max-upload-size", "2m", "--max-upload-memory", "2m",
+                               "--spool-dir", str(spool))
+    gateway.wait_processors(2)
+    paths = [photo(n) for n in ("RainDrops.jpg", "Blinds.jpg", "Dune.jpg", "TwoWings.jpg", "Storm.jpg", "Wood.jpg")]
+    results = concurrent_uploads(gateway, paths)
+
+    assert [r[0] for r in results] == [201] * len(paths), results
+    assert metric_value(gateway.metrics(), "prism_gateway_upload_bodies_spooled_total") >= 1
+    for path, (_, _, manifest) in zip(paths, results):
+        data = path.read_bytes()
+        # The body that reached the processors and the store is the one sent, spooled or not.
+        assert manifest["original"]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert manifest["original"]["bytes"] == len(data)
+        assert (gateway.data_dir / manifest["original"]["key"]).read_bytes() == data
+    # Spool files have no name and are closed when their upload is done.
+    assert list(spool.iterdir()) == []
+    assert spool_files_open(gateway.pid) == []
+
+
+def test_a_full_spool_answers_503_busy_and_frees_everything(services, tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    processors = [services.processor()]
+    gateway = services.gateway(processors, "--max-upload-size", "2m", "--max-upload-memory", "2m",
+                               "--max-spool", "2m", "--spool-dir", str(spool))
+    gateway.wait_processors(1)
+    paths = [photo("RainDrops.jpg"), photo("Blinds.jpg"), photo("Dune.jpg")] * 3
+    results = concurrent_uploads(gateway, paths)
+
+    statuses = sorted(r[0] for r in results)
+    assert set(statuses) <= {201, 503}, results
+    assert 201 in statuses and 503 in statuses, statuses
+    for status, headers, problem in results:
+        if status == 503:
+            assert problem["type"].endswith("/uploads-busy") and headers["Retry-After"] == "1"
+            assert "spool" not in problem["detail"] and str(spool) not in json.dumps(problem)
+    # Nothing is held once the answers are out: the next upload has the whole budget again.
+    wait_until(lambda: spool_files_open(gateway.pid) == [], 10, message="spool files to be closed")
+    assert concurrent_uploads(gateway, [photo("RainDrops.jpg")])[0][0] == 201

@@ -1,0 +1,187 @@
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// Where upload bodies go when the memory budget is full: a directory and a cap on its bytes.
+struct BodySpool: Sendable {
+    let directory: String
+    /// Bytes of spooled bodies on disk at once; beyond it an upload is answered 503.
+    let budget: ByteBudget
+}
+
+/// Collects one upload's body: in memory while the memory budget has room, otherwise in a
+/// spool file, as nginx does with `client_body_buffer_size` and its temp files.
+///
+/// A body never waits for memory while it is being received (a paused socket would trip the
+/// body timeouts and let slow clients hold fast ones). Once received, a spooled body waits for
+/// its turn in the memory budget and is read back whole: what the processors and the store are
+/// given is always one buffer, and memory stays within the budget.
+final class BodySink {
+    private let limit: Int
+    private let lease: ByteBudget.Lease
+    private let spool: BodySpool
+    private let spoolLease: ByteBudget.Lease
+    private var buffer = ByteBuffer()
+    private var file: SpoolFile?
+    /// Chunks received for the spool file and not written yet (written in batches).
+    private var pending: [ByteBuffer] = []
+    private var pendingBytes = 0
+    private(set) var count = 0
+
+    init(limit: Int, lease: ByteBudget.Lease, spool: BodySpool) {
+        self.limit = limit
+        self.lease = lease
+        self.spool = spool
+        self.spoolLease = spool.budget.lease()
+    }
+
+    deinit {
+        self.spoolLease.release()
+    }
+
+    /// Whether the body went to the spool.
+    private(set) var spooled = false
+
+    func append(_ chunk: ByteBuffer) async throws {
+        let bytes = chunk.readableBytes
+        guard bytes > 0 else { return }
+        guard self.count + bytes <= self.limit else { throw GatewayError.tooLarge(limit: self.limit) }
+        self.count += bytes
+        if self.file == nil {
+            if self.lease.tryGrow(by: bytes) {
+                var chunk = chunk
+                self.buffer.writeBuffer(&chunk)
+                return
+            }
+            try await self.startSpooling()
+        }
+        guard self.spoolLease.tryGrow(by: bytes) else { throw GatewayError.memoryBusy }
+        self.pending.append(chunk)
+        self.pendingBytes += bytes
+        if self.pendingBytes >= 1 << 20 { try await self.flush() }
+    }
+
+    /// The whole body in one buffer. A spooled body first waits, until `deadline`, for room in
+    /// the memory budget, then is read back and its file closed.
+    func finish(until deadline: ContinuousClock.Instant) async throws -> ByteBuffer {
+        guard let file = self.file else { return self.buffer }
+        try await self.flush()
+        try await self.lease.grow(by: self.count, until: deadline)
+        let count = self.count
+        let body = try await NIOThreadPool.singleton.runIfActive { try file.readAll(count: count) }
+        self.file = nil
+        file.close()
+        self.spoolLease.release()
+        return body
+    }
+
+    /// Moves what is in memory to a new spool file and gives its memory back.
+    private func startSpooling() async throws {
+        let directory = self.spool.directory
+        let file = try await NIOThreadPool.singleton.runIfActive { try SpoolFile(directory: directory) }
+        self.file = file
+        self.spooled = true
+        let inMemory = self.buffer.readableBytes
+        guard self.spoolLease.tryGrow(by: inMemory) else { throw GatewayError.memoryBusy }
+        if inMemory > 0 {
+            self.pending = [self.buffer]
+            self.pendingBytes = inMemory
+            try await self.flush()
+        }
+        self.buffer = ByteBuffer()
+        self.lease.release()
+    }
+
+    private func flush() async throws {
+        guard let file = self.file, !self.pending.isEmpty else { return }
+        let chunks = self.pending
+        self.pending = []
+        self.pendingBytes = 0
+        try await NIOThreadPool.singleton.runIfActive { try file.append(chunks) }
+    }
+
+    /// Closes the spool file if the body never finished (its disk space is freed at once: the
+    /// file has no name).
+    func discard() {
+        self.file?.close()
+        self.file = nil
+        self.pending = []
+        self.spoolLease.release()
+    }
+}
+
+/// An unnamed temporary file: created and unlinked at once, so nothing is left on disk if the
+/// gateway dies, and its space is freed when it is closed.
+final class SpoolFile: @unchecked Sendable {
+    // Used by one upload at a time, from the thread pool, in sequence.
+    private var descriptor: Int32
+    private var size = 0
+
+    init(directory: String) throws {
+        var template = Array((directory.hasSuffix("/") ? directory : directory + "/").utf8CString.dropLast())
+        template += Array("prism-body-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else {
+            throw SpoolError(operation: "create a spool file in \(directory)", errno: errno)
+        }
+        template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) }
+        self.descriptor = fd
+    }
+
+    deinit {
+        self.close()
+    }
+
+    func append(_ chunks: [ByteBuffer]) throws {
+        for chunk in chunks {
+            try chunk.withUnsafeReadableBytes { raw in
+                var done = 0
+                while done < raw.count {
+                    let n = pwrite(self.descriptor, raw.baseAddress! + done, raw.count - done, off_t(self.size + done))
+                    if n < 0 {
+                        if errno == EINTR { continue }
+                        throw SpoolError(operation: "write a spool file", errno: errno)
+                    }
+                    done += n
+                }
+            }
+            self.size += chunk.readableBytes
+        }
+    }
+
+    func readAll(count: Int) throws -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: count)
+        try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
+            var done = 0
+            while done < count {
+                let n = pread(self.descriptor, raw.baseAddress! + done, count - done, off_t(done))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw SpoolError(operation: "read a spool file", errno: errno)
+                }
+                guard n > 0 else { throw SpoolError(operation: "read a spool file (it is shorter than written)", errno: 0) }
+                done += n
+            }
+            return count
+        }
+        return buffer
+    }
+
+    func close() {
+        if self.descriptor >= 0 {
+            _ = Foundation.close(self.descriptor)
+            self.descriptor = -1
+        }
+    }
+}
+
+/// A spool file could not be used (disk full, directory missing): logged for the operator, the
+/// client gets a 503.
+struct SpoolError: Error, CustomStringConvertible {
+    let operation: String
+    let errno: Int32
+
+    var description: String {
+        "could not \(self.operation): \(String(cString: strerror(self.errno)))"
+    }
+}
