@@ -6,7 +6,8 @@ help:
 	@echo "make run      install what is needed, build (release), start a gateway and two processors"
 	@echo "make test     install what is needed, build, run every test (Swift, C client, system)"
 	@echo "make build    debug build of everything, including the C client"
-	@echo "make bench    the benchmark harness (Benchmarks/README.md)"
+	@echo "make bench    the benchmark harness with its peers: pyvips, Pillow, thumbor (Benchmarks/README.md)"
+	@echo "make soak     e2e at 4 uploads in flight for SOAK_MINUTES (10): RSS slope per process, failed uploads"
 	@echo "make fuzz     libFuzzer on the frame decoder and the spec planner, 10 million runs each"
 	@echo "make protos   regenerate Sources/PrismProto from Protos/"
 
@@ -34,13 +35,23 @@ run: deps
 protos:
 	scripts/gen-protos.sh
 
-bench: test-deps
+bench-deps:
+	scripts/install-deps.sh --bench
+	python3 scripts/make_test_images.py
+
+bench: bench-deps
 	swift build -c release --product prism-processor
 	swift build -c release --product prism-gateway
 	swift build -c release --product prism-bench
 	python3 Benchmarks/run.py
 
+SOAK_MINUTES ?= 10
+soak: bench-deps
+	swift build -c release --product prism-processor
+	swift build -c release --product prism-gateway
+	python3 Benchmarks/run.py --soak $(SOAK_MINUTES)
+
 fuzz: deps
 	scripts/fuzz.sh
 
-.PHONY: help deps test-deps build test run protos bench fuzz
+.PHONY: help deps test-deps bench-deps build test run protos bench soak fuzz

