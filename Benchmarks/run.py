@@ -710,6 +710,22 @@ def print_goals(results, levels):
             print(f"  {w:<66} {v:>7.2f}   goal {g}")
 
 
+def markdown_table(results):
+    """Prism and the peers, for docs/performance.md."""
+    names = {"e2e-local": "Prism e2e, local store", "pipeline": "Prism pipeline in-process", "pyvips-once": "pyvips decode-once",
+             "pyvips-each": "pyvips per variant", "pillow": "Pillow", "thumbor": "thumbor"}
+    lines = ["| | in flight | median ms | p95 ms | uploads/s | CPU ms per upload | peak RSS MB |", "|---|---:|---:|---:|---:|---:|---|"]
+    rows = results["runs"] + results.get("peers", [])
+    for mode, label in names.items():
+        for r in sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["in_flight"]):
+            cpu = f"{r['cpu_ms_per_upload']:.0f}"
+            if "cpu_ms_per_upload_by_process" in r:
+                by = r["cpu_ms_per_upload_by_process"]
+                cpu += f" (gw {by['gateway']:.0f}, p {by['processors']:.0f})"
+            lines.append(f"| {label} | {r['in_flight']} | {r['median_ms']:.0f} | {r['p95_ms']:.0f} | {r['uploads_per_s']:.2f} | {cpu} | {rss_text(r.get('peak_rss_mb'))} |")
+    return "\n".join(lines)
+
+
 def print_output_check(check):
     print("\nOutput check: each Prism variant against pyvips-once's of the same spec (bytes: Prism / pyvips)")
     print(f"  {'variant':<8} {'bytes x (all)':>13} {'range':>13} {'within 3%':>10} {'PSNR min dB':>12} {'PSNR median':>12} {'MAD max':>8}")
@@ -856,6 +872,7 @@ def main():
             for key, value in ratios.items():
                 print(f"  {key:<16} latency {value['median_latency_x']}x   throughput {value['throughput_x']}x   CPU/upload {value['cpu_per_upload_x']}x")
     print_goals(results, levels)
+    print("\nMarkdown (docs/performance.md)\n" + markdown_table(results))
     e2e1 = next((r for r in runs if r["mode"] == "e2e-local" and r["in_flight"] == min(levels)), None)
     if e2e1:
         print(f"\nWhere the time goes (e2e-local, {min(levels)} in flight, mean ms)")
