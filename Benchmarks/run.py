@@ -790,38 +790,47 @@ def main():
     results = {"machine": info, "corpus": [p.name for p in images], "rounds": args.rounds, "runs": [], "peers": []}
     runs = results["runs"]
 
-    for n in levels if "pipeline" in modes else []:
-        r = run_bench(bins / "prism-bench", "pipeline", images, n, args.rounds)
-        row = summarize([x / 1000 for x in r["latencies_ms"]], r["wall_s"], r["uploads"])
-        row.update(mode="pipeline", in_flight=n, cpu_ms_per_upload=round(1000 * r["cpu_s"] / r["uploads"], 1),
-                   peak_rss_mb=round(r["peak_rss_bytes"] / 2**20, 1))
-        runs.append(row)
-        print(f"  pipeline {n}: {row['median_ms']} ms median, {row['uploads_per_s']}/s", flush=True)
-
-    for n in levels if "processor" in modes else []:
-        p = start_processor(bins, logs, f"solo-{n}")
-        try:
-            cpu0 = p.cpu()
-            r = run_bench(bins / "prism-bench", "processor", images, n, args.rounds, ["--port", str(p.port)])
-            cpu = p.cpu() - cpu0
-            row = summarize([x / 1000 for x in r["latencies_ms"]], r["wall_s"], r["uploads"])
-            row.update(mode="processor", in_flight=n, cpu_ms_per_upload=round(1000 * cpu / r["uploads"], 1),
-                       client_cpu_ms_per_upload=round(1000 * r["client_cpu_s"] / r["uploads"], 1),
-                       peak_rss_mb=round(p.rss() / 2**20, 1))
-            runs.append(row)
-            print(f"  processor {n}: {row['median_ms']} ms median, {row['uploads_per_s']}/s", flush=True)
-        finally:
-            p.stop()
-
+    # Level by level, every mode at a level back to back: on a shared machine the load drifts
+    # over minutes, so what is compared should be measured close together.
     stores = [s for s in ("local", "s3") if f"e2e-{s}" in modes]
     seaweed = Seaweed(logs) if "s3" in stores else None
     try:
-        for store in stores:
-            for n in levels:
+        for n in levels:
+            if "pipeline" in modes:
+                r = run_bench(bins / "prism-bench", "pipeline", images, n, args.rounds)
+                row = summarize([x / 1000 for x in r["latencies_ms"]], r["wall_s"], r["uploads"])
+                row.update(mode="pipeline", in_flight=n, cpu_ms_per_upload=round(1000 * r["cpu_s"] / r["uploads"], 1),
+                           peak_rss_mb=round(r["peak_rss_bytes"] / 2**20, 1))
+                runs.append(row)
+                print(f"  pipeline {n}: {row['median_ms']} ms median, {row['uploads_per_s']}/s", flush=True)
+            if "processor" in modes:
+                p = start_processor(bins, logs, f"solo-{n}")
+                try:
+                    cpu0 = p.cpu()
+                    r = run_bench(bins / "prism-bench", "processor", images, n, args.rounds, ["--port", str(p.port)])
+                    cpu = p.cpu() - cpu0
+                    row = summarize([x / 1000 for x in r["latencies_ms"]], r["wall_s"], r["uploads"])
+                    row.update(mode="processor", in_flight=n, cpu_ms_per_upload=round(1000 * cpu / r["uploads"], 1),
+                               client_cpu_ms_per_upload=round(1000 * r["client_cpu_s"] / r["uploads"], 1),
+                               peak_rss_mb=round(p.rss() / 2**20, 1))
+                    runs.append(row)
+                    print(f"  processor {n}: {row['median_ms']} ms median, {row['uploads_per_s']}/s", flush=True)
+                finally:
+                    p.stop()
+            for store in stores:
                 row = e2e_level(bins, logs, images, n, args.rounds, store, seaweed)
                 row.update(mode=f"e2e-{store}", in_flight=n)
                 runs.append(row)
                 print(f"  e2e-{store} {n}: {row['median_ms']} ms median, {row['uploads_per_s']}/s, {row['calls_per_upload']} calls/upload", flush=True)
+            for peer in peers_wanted:
+                if peer == "thumbor":
+                    row = thumbor_level(python, logs, images, n, args.rounds, args.thumbor_processes)
+                    row["processes"] = args.thumbor_processes
+                else:
+                    row = worker_peer_level(python, peer, logs, images, n, args.rounds)
+                results["peers"].append(row)
+                print(f"  {peer} {n}: {row['median_ms']} ms median, {row['uploads_per_s']}/s, {row['cpu_ms_per_upload']} CPU ms/upload"
+                      + (f", {len(row['failed_uploads'])} failed: {row['failed_uploads'][:3]}" if row["failed_uploads"] else ""), flush=True)
         split_rows = []
         for split in ("auto", "never", "always") if "split" in modes else ():
             for n in (1, 4):
@@ -833,17 +842,6 @@ def main():
     finally:
         if seaweed:
             seaweed.stop()
-
-    for peer in peers_wanted:
-        for n in levels:
-            if peer == "thumbor":
-                row = thumbor_level(python, logs, images, n, args.rounds, args.thumbor_processes)
-                row["processes"] = args.thumbor_processes
-            else:
-                row = worker_peer_level(python, peer, logs, images, n, args.rounds)
-            results["peers"].append(row)
-            print(f"  {peer} {n}: {row['median_ms']} ms median, {row['uploads_per_s']}/s, {row['cpu_ms_per_upload']} CPU ms/upload"
-                  + (f", {len(row['failed_uploads'])} failed: {row['failed_uploads'][:3]}" if row["failed_uploads"] else ""), flush=True)
 
     if "check" in modes:
         results["output_check"] = output_check(python, bins, logs, images)
