@@ -18,6 +18,7 @@ struct BodySpool: Sendable {
 /// given is always one buffer, and memory stays within the budget.
 final class BodySink {
     private let limit: Int
+    private let expected: Int?
     private let lease: ByteBudget.Lease
     private let spool: BodySpool
     private let spoolLease: ByteBudget.Lease
@@ -28,7 +29,11 @@ final class BodySink {
     private var pendingBytes = 0
     private(set) var count = 0
 
-    init(limit: Int, lease: ByteBudget.Lease, spool: BodySpool) {
+    /// - Parameter expected: the announced length, when there is one: the memory buffer is
+    ///   reserved at that size (bounded by `limit`) so it never grows by reallocation. Only the
+    ///   bytes that arrive are touched, and counted.
+    init(limit: Int, lease: ByteBudget.Lease, spool: BodySpool, expected: Int? = nil) {
+        self.expected = expected.map { min(max($0, 0), limit) }
         self.limit = limit
         self.lease = lease
         self.spool = spool
@@ -49,6 +54,9 @@ final class BodySink {
         self.count += bytes
         if self.file == nil {
             if self.lease.tryGrow(by: bytes) {
+                if self.buffer.capacity == 0, let expected = self.expected, expected > bytes {
+                    self.buffer.reserveCapacity(expected)
+                }
                 var chunk = chunk
                 self.buffer.writeBuffer(&chunk)
                 return

@@ -72,6 +72,16 @@ public final class Gateway: Sendable {
         self.spool = BodySpool(directory: configuration.spoolDirectory, budget: ByteBudget(limit: configuration.maxSpoolBytes))
     }
 
+    /// Makes the allocator give buffers of 1 MiB and more back to the system when they are
+    /// freed. Upload bodies are such buffers; with glibc's default (a threshold that rises to
+    /// 32 MiB as large blocks are freed) they stay in the heap's arenas and the process keeps
+    /// the memory of its busiest moment. Call once, before serving.
+    public static func returnLargeBuffersToTheSystem() {
+        #if os(Linux)
+        _ = glibcMallopt(glibcMMapThreshold, 1 << 20)
+        #endif
+    }
+
     /// The sweeper over this gateway's store, with the configured grace period.
     public var sweeper: Sweeper {
         Sweeper(store: self.store, grace: self.configuration.sweepGrace, logger: self.logger)
@@ -314,3 +324,11 @@ public final class Gateway: Sendable {
         }
     }
 }
+
+#if os(Linux)
+/// glibc's `mallopt` (malloc.h is not part of Swift's Glibc module).
+@_silgen_name("mallopt")
+private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
+/// `M_MMAP_THRESHOLD` from malloc.h.
+private let glibcMMapThreshold: Int32 = -3
+#endif

@@ -15,7 +15,8 @@ enum UploadBody {
         _ request: Request, limit: Int, lease: ByteBudget.Lease, spool: BodySpool,
         memoryDeadline: ContinuousClock.Instant, logger: Logger
     ) async throws -> (body: ByteBuffer, spooled: Bool) {
-        let sink = BodySink(limit: limit, lease: lease, spool: spool)
+        let announced = request.headers[.contentLength].flatMap { Int($0) }
+        let sink = BodySink(limit: limit, lease: lease, spool: spool, expected: announced)
         defer { sink.discard() }
         do {
             try await self.readBody(request, limit: limit, into: sink)

@@ -32,6 +32,7 @@ struct GatewayCommand: AsyncParsableCommand {
         let recipes = try GatewayOptions.recipes(config)
         let fullSummary = summary + [("recipes", recipes.recipes.keys.sorted().joined(separator: ","))]
         if StartupCheck.finish(settings, checkOnly: self.options.checkConfig, summary: fullSummary, logger: logger) { return }
+        Gateway.returnLargeBuffersToTheSystem()
         let gateway = try Gateway(configuration: config, recipes: recipes, logger: logger)
         var groupConfig = ServiceGroupConfiguration(services: gateway.services(), logger: logger)
         groupConfig.gracefulShutdownSignals = [.sigterm, .sigint]
