@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from conftest import BIN, photo, wait_until
+from conftest import BIN, Processor, free_port, photo, wait_until
 from test_processor_faults import Frame, hello
 from tls_pki import PKI
 
@@ -131,6 +131,24 @@ def test_the_server_name_defaults_to_the_host_and_can_be_set(services, pki):
     named = services.gateway([processor], "--processor-tls-ca", pki.ca_cert, "--processor-tls-server-name", "localhost")
     named.wait_processors(1)
     assert named.upload(photo("Dune.jpg")).status_code == 201
+
+
+def test_processors_found_through_dns_are_checked_against_the_dns_name(services, pki, tmp_path):
+    # Two replicas behind one name, as compose scales a service; their certificate carries
+    # only that name, so checking the resolved addresses instead would fail.
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.2 processor\n127.0.0.3 processor\n")
+    port = free_port()
+    replicas = [services.add(Processor(tmp_path, "--workers", "1", "--tls-cert", pki.service_cert,
+                                       "--tls-key", pki.service_key, name=f"processor-{ip}", host=ip, port=port))
+                for ip in ("127.0.0.2", "127.0.0.3")]
+    env = {"LD_PRELOAD": "libnss_wrapper.so", "NSS_WRAPPER_HOSTS": str(hosts),
+           "NSS_WRAPPER_PASSWD": "/etc/passwd", "NSS_WRAPPER_GROUP": "/etc/group"}
+    gateway = services.gateway((), "--processor-tls-ca", pki.ca_cert, env=env, dns=f"processor:{port}")
+    gateway.wait_processors(2)
+    for _ in range(2):
+        assert gateway.upload(photo("Storm.jpg")).status_code == 201
+    assert all(p.metric("prism_processor_calls_started_total") >= 1 for p in replicas)
 
 
 # ---- (2) mutual TLS -----------------------------------------------------------------------------

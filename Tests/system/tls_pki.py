@@ -86,6 +86,8 @@ class PKI:
         # Only a DNS name: reached as 127.0.0.1 its name cannot match (swift-nio-ssl also
         # accepts a certificate whose IP SANs hold the address connected to, whatever the name).
         self.named_server_cert, self.named_server_key = self.ca.issue("named-server", "processor", dns=["localhost"])
+        # The name compose gives the processor service, as a DNS name only.
+        self.service_cert, self.service_key = self.ca.issue("service", "processor", dns=["processor"])
         self.client_cert, self.client_key = self.ca.issue("client", "prism-gateway", server=False)
         self.other_client_cert, self.other_client_key = self.other_ca.issue("other-client", "intruder", server=False)
         self.other_server_cert, self.other_server_key = self.other_ca.issue("other-server", "impostor",
