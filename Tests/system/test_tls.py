@@ -7,10 +7,12 @@ fast with the reason in the log, plain and TLS peers that meet and part clearly,
 TCP connection that the handshake timeout closes. Timing bounds are generous (shared machine);
 every test prints what it measured.
 """
+import signal
 import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -149,6 +151,35 @@ def test_processors_found_through_dns_are_checked_against_the_dns_name(services,
     for _ in range(2):
         assert gateway.upload(photo("Storm.jpg")).status_code == 201
     assert all(p.metric("prism_processor_calls_started_total") >= 1 for p in replicas)
+
+
+def test_a_tls_processor_drains_on_sigterm_without_failing_an_upload(services, pki):
+    # GoAway, then a half-close once the calls are done: inside TLS that is close_notify and a
+    # TCP half-close, which the gateway must take as the end of the connection like plain EOF.
+    processors = [services.processor(*tls_flags(pki)), services.processor(*tls_flags(pki))]
+    gateway = services.gateway(processors, "--processor-tls-ca", pki.ca_cert)
+    gateway.wait_processors(2)
+    statuses, stop = [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            statuses.append(gateway.upload(photo("Storm.jpg")).status_code)
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for c in clients:
+        c.start()
+    wait_until(lambda: processors[0].metric("prism_processor_jobs_running") >= 1, message="the first processor to be busy")
+    start = time.monotonic()
+    processors[0].signal(signal.SIGTERM)
+    assert processors[0].proc.wait(60) == 0
+    print(f"TLS processor drained and exited {time.monotonic() - start:.2f} s after SIGTERM")
+    made = statuses.count(201)
+    wait_until(lambda: statuses.count(201) >= made + 2, 60, message="two more uploads after the processor left")
+    stop.set()
+    for c in clients:
+        c.join(120)
+    assert statuses and all(s == 201 for s in statuses), statuses
+    assert "draining" in processors[0].log()
 
 
 # ---- (2) mutual TLS -----------------------------------------------------------------------------
