@@ -117,8 +117,9 @@ public final class ProcessorConnection: Sendable {
         return ProcessorConnection(channel: channel, remote: "\(host):\(port)", activity: activity, configuration: configuration, logger: logger)
     }
 
-    /// Waits for the TLS handshake (bounded by the handshake handler's own timer); on failure
-    /// closes the channel the way an async channel must be closed, and says why.
+    /// Waits for the TLS handshake (bounded by the handshake handler's own timer, or the
+    /// task's cancellation); on failure closes the channel the way an async channel must be
+    /// closed, and says why.
     private static func awaitHandshake(
         _ handshake: EventLoopFuture<Void>,
         of channel: NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>,
@@ -126,7 +127,13 @@ public final class ProcessorConnection: Sendable {
         port: Int
     ) async throws {
         do {
-            try await handshake.get()
+            // A cancelled connect (the pool shutting down) closes the channel, which ends the
+            // handshake at once instead of at its timeout.
+            try await withTaskCancellationHandler {
+                try await handshake.get()
+            } onCancel: {
+                channel.channel.close(promise: nil)
+            }
         } catch {
             try? await channel.executeThenClose { _, _ in }
             let why = (error as? TLSFailure)?.reason ?? "\(error)"

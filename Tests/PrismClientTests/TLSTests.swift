@@ -94,6 +94,22 @@ import Testing
         #expect(error?.message.contains("did not complete the TLS handshake") == true)
     }
 
+    @Test func cancellingAConnectEndsAPendingTLSHandshakeAtOnce() async throws {
+        let server = try await RawServer.start(greeting: nil)
+        defer { Task { await server.stop() } }
+        var configuration = ProcessorClientConfiguration()
+        configuration.tls = ClientTLSConfiguration()
+        configuration.connectTimeout = .seconds(30)
+        let connect = Task {
+            try await ProcessorConnection.connect(host: "127.0.0.1", port: server.port, configuration: configuration)
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        let start = ContinuousClock.now
+        connect.cancel()
+        await #expect(throws: PrismRPCError.self) { _ = try await connect.value }
+        #expect(ContinuousClock.now - start < .seconds(2))
+    }
+
     @Test func aPlainClientAnsweredWithTLSSaysSo() async throws {
         // A TLS alert record: what a TLS server sends a client whose first bytes are not TLS.
         let server = try await RawServer.start(greeting: [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46])
