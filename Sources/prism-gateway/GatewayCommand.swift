@@ -227,7 +227,7 @@ struct GatewayOptions: ParsableArguments {
         config.processors.resolveInterval = try settings.value(self.dnsRefresh, env: "PRISM_PROCESSOR_DNS_REFRESH", default: DurationSetting(.seconds(5))).duration
         try Settings.check(config.processors.resolveInterval, in: .milliseconds(100)...(.seconds(3600)), "--dns-refresh (PRISM_PROCESSOR_DNS_REFRESH)")
         config.processors.client.authToken = try settings.optional(self.processorToken, env: "PRISM_AUTH_TOKEN")
-        config.processors.client.tls = try self.processorTLS(settings)
+        config.processors.client.tls = try self.processorTLS(settings, loadFiles: serving)
         config.processors.client.agent = "prism-gateway/1"
         config.processors.client.maxFrameSize = try settings.value(self.maxFrameSize, env: "PRISM_MAX_FRAME_SIZE", default: ByteSizeSetting(64 << 20)).bytes
         try Settings.check(config.processors.client.maxFrameSize, in: 65_536...(1 << 30), "--max-frame-size (PRISM_MAX_FRAME_SIZE)")
@@ -328,8 +328,10 @@ struct GatewayOptions: ParsableArguments {
 
     /// TLS towards the processors: on with --processor-tls, or as soon as a CA or client
     /// certificate is named. Files are read and checked here, so a mistake stops the start
-    /// (and `--check-config`) naming the file and the problem.
-    func processorTLS(_ settings: Settings) throws -> ClientTLSConfiguration? {
+    /// (and `--check-config`) naming the file and the problem. `sweep` never calls a processor:
+    /// it reads the settings (so they are not reported as unknown) but not the files, which a
+    /// cron job sharing the gateway's environment may not have mounted.
+    func processorTLS(_ settings: Settings, loadFiles: Bool) throws -> ClientTLSConfiguration? {
         let on = try settings.flag(self.processorTls, env: "PRISM_PROCESSOR_TLS")
         let ca = try settings.optional(self.processorTlsCa, env: "PRISM_PROCESSOR_TLS_CA")
         let certificate = try settings.optional(self.processorTlsCert, env: "PRISM_PROCESSOR_TLS_CERT")
@@ -341,6 +343,7 @@ struct GatewayOptions: ParsableArguments {
             }
             return nil
         }
+        guard loadFiles else { return nil }
         do {
             return try ClientTLSConfiguration.load(
                 trustRootsFile: ca,
