@@ -278,6 +278,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "PrismTLSTests",
+            dependencies: ["PrismTLS"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "PrismClientTests",
             dependencies: [
                 "PrismClient",
