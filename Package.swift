@@ -28,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/vapor/multipart-kit.git", from: "4.7.1"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         // C libraries, reached through fixed-arity inline shims (Swift cannot call C variadics).
@@ -63,6 +64,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // TLS for the frame port (swift-nio-ssl): PEM files checked at start, handshake failures
+        // described, the handlers both ends put in front of the frame codec.
+        .target(
+            name: "PrismTLS",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The libvips pipeline: variant specs in, encoded images out.
         .target(
             name: "PrismImaging",
@@ -79,10 +91,12 @@ let package = Package(
             name: "PrismProcessor",
             dependencies: [
                 "PrismWire",
+                "PrismTLS",
                 "PrismImaging",
                 "PrismProto",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -96,9 +110,11 @@ let package = Package(
             name: "PrismClient",
             dependencies: [
                 "PrismWire",
+                "PrismTLS",
                 "PrismProto",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -153,6 +169,7 @@ let package = Package(
             name: "prism-processor",
             dependencies: [
                 "PrismProcessor",
+                "PrismTLS",
                 "PrismRuntime",
                 "PrismImaging",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -174,6 +191,7 @@ let package = Package(
             name: "prism-gateway",
             dependencies: [
                 "PrismGateway",
+                "PrismTLS",
                 "PrismRuntime",
                 "PrismClient",
                 "PrismStorage",
@@ -261,8 +279,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "PrismTLSTests",
+            dependencies: ["PrismTLS"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "PrismClientTests",
-            dependencies: ["PrismClient"],
+            dependencies: [
+                "PrismClient",
+                "PrismTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

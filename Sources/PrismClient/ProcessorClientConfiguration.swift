@@ -1,3 +1,4 @@
+public import PrismTLS
 import PrismWire
 
 /// How a `ProcessorConnection` connects and behaves.
@@ -8,7 +9,12 @@ public struct ProcessorClientConfiguration: Sendable {
     public var authToken: String? = nil
     /// Names this client in the processor's logs.
     public var agent: String = "prism-client/1"
-    /// Time allowed for the TCP connection.
+    /// TLS towards the processor; nil connects in plain TCP. With TLS, the handshake is part
+    /// of connecting: a processor whose certificate is not trusted or not valid for its name
+    /// (or that wants a client certificate this client lacks) is a failed connect, with the
+    /// reason in the error, like a refused TCP connection.
+    public var tls: ClientTLSConfiguration? = nil
+    /// Time allowed for the TCP connection, and then again for the TLS handshake when `tls` is set.
     public var connectTimeout: Duration = .seconds(5)
     /// Time allowed for the server's Hello once connected.
     public var handshakeTimeout: Duration = .seconds(5)

@@ -5,6 +5,8 @@ public import NIOPosix
 public import PrismProto
 public import PrismWire
 import Synchronization
+import NIOSSL
+import PrismTLS
 
 /// One TCP connection to a processor, carrying any number of concurrent calls.
 ///
@@ -54,7 +56,12 @@ public final class ProcessorConnection: Sendable {
 
     // MARK: Lifecycle
 
-    /// Opens a TCP connection. Call `run()` next.
+    /// Opens a TCP connection, and with `configuration.tls` completes the TLS handshake over
+    /// it. Call `run()` next.
+    ///
+    /// - Throws: a retryable `PrismRPCError` UNAVAILABLE when the processor cannot be reached
+    ///   or the TLS handshake fails; its message says why (for TLS: unknown CA, hostname
+    ///   mismatch, client certificate required, not TLS at all).
     public static func connect(
         host: String,
         port: Int,
@@ -64,24 +71,75 @@ public final class ProcessorConnection: Sendable {
     ) async throws -> ProcessorConnection {
         let maxFrameSize = configuration.maxFrameSize
         let activity = InboundActivity()
+        let tls: (context: NIOSSLContext, sniName: String?, checkedName: String?)?
+        if let settings = configuration.tls {
+            do {
+                tls = (try settings.makeContext(), settings.sniName(connectingTo: host), settings.serverName ?? host)
+            } catch {
+                throw PrismRPCError(code: .unavailable, message: "Could not set up TLS for the processor at \(host):\(port): \(error).", isRetryable: true)
+            }
+        } else {
+            tls = nil
+        }
         let channel: NIOAsyncChannel<Prism_V1_Frame, OutboundFrame>
+        let handshake: EventLoopFuture<Void>?
         do {
-            channel = try await ClientBootstrap(group: eventLoopGroup)
+            (channel, handshake) = try await ClientBootstrap(group: eventLoopGroup)
                 .connectTimeout(TimeAmount(configuration.connectTimeout))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .connect(host: host, port: port) { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(InboundActivityHandler(activity))
-                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrameSize)))
-                        try channel.pipeline.syncOperations.addHandler(OutboundFrameEncoder())
-                        return try NIOAsyncChannel<Prism_V1_Frame, OutboundFrame>(wrappingChannelSynchronously: channel)
+                        let pipeline = channel.pipeline.syncOperations
+                        var handshake: EventLoopFuture<Void>? = nil
+                        if let tls {
+                            let limit = TimeAmount(configuration.connectTimeout)
+                            // First, so frames go through TLS unchanged.
+                            let done = channel.eventLoop.makePromise(of: Void.self)
+                            try pipeline.addHandler(NIOSSLClientHandler(context: tls.context, serverHostname: tls.sniName))
+                            try pipeline.addHandler(TLSClientHandshakeHandler(handshake: done, serverName: tls.checkedName, timeout: limit))
+                            handshake = done.futureResult
+                        } else {
+                            try pipeline.addHandler(TLSAnswerDetector())
+                        }
+                        try pipeline.addHandler(InboundActivityHandler(activity))
+                        try pipeline.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrameSize)))
+                        try pipeline.addHandler(OutboundFrameEncoder())
+                        let wrapped = try NIOAsyncChannel<Prism_V1_Frame, OutboundFrame>(wrappingChannelSynchronously: channel)
+                        return (wrapped, handshake)
                     }
                 }
         } catch {
             throw PrismRPCError(code: .unavailable, message: "Could not connect to the processor at \(host):\(port): \(error).", isRetryable: true)
         }
+        if let handshake {
+            try await Self.awaitHandshake(handshake, of: channel, host: host, port: port)
+        }
         activity.record()
         return ProcessorConnection(channel: channel, remote: "\(host):\(port)", activity: activity, configuration: configuration, logger: logger)
+    }
+
+    /// Waits for the TLS handshake (bounded by the handshake handler's own timer, or the
+    /// task's cancellation); on failure closes the channel the way an async channel must be
+    /// closed, and says why.
+    private static func awaitHandshake(
+        _ handshake: EventLoopFuture<Void>,
+        of channel: NIOAsyncChannel<Prism_V1_Frame, OutboundFrame>,
+        host: String,
+        port: Int
+    ) async throws {
+        do {
+            // A cancelled connect (the pool shutting down) closes the channel, which ends the
+            // handshake at once instead of at its timeout.
+            try await withTaskCancellationHandler {
+                try await handshake.get()
+            } onCancel: {
+                channel.channel.close(promise: nil)
+            }
+        } catch {
+            try? await channel.executeThenClose { _, _ in }
+            let why = (error as? TLSFailure)?.reason ?? "\(error)"
+            throw PrismRPCError(code: .unavailable, message: "TLS handshake with the processor at \(host):\(port) failed: \(why).", isRetryable: true)
+        }
     }
 
     /// Connects, runs the connection while `body` runs, and closes it afterwards.

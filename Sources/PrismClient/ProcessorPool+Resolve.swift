@@ -16,7 +16,7 @@ extension ProcessorPool {
                     self.logger.warning("processor name resolves to nothing", metadata: ["name": "\(name.host)"])
                 }
                 for address in addresses {
-                    let endpoint = ProcessorPoolConfiguration.Endpoint(host: address, port: name.port)
+                    let endpoint = ProcessorPoolConfiguration.Endpoint(host: address, port: name.port, serverName: name.host)
                     wanted.insert(endpoint.description)
                     found.append(endpoint)
                 }

@@ -26,10 +26,15 @@ public struct ProcessorPoolConfiguration: Sendable {
     public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
         public var host: String
         public var port: Int
+        /// For an address found through DNS, the name it was found under: with TLS, the
+        /// processor's certificate is checked against that name (as a client of `https://name`
+        /// would), not against the address. Nil for fixed addresses: `host` is the name.
+        public var serverName: String? = nil
 
-        public init(host: String, port: Int) {
+        public init(host: String, port: Int, serverName: String? = nil) {
             self.host = host
             self.port = port
+            self.serverName = serverName
         }
 
         /// Parses `host:port` (or `[v6]:port`).

@@ -1,5 +1,6 @@
 import Logging
 import PrismProto
+import PrismTLS
 import Synchronization
 
 /// One processor address: its connection, kept up with backoff, and its load.
@@ -59,6 +60,11 @@ final class Subchannel: Sendable {
         var client = configuration.client
         client.pingInterval = configuration.pingInterval
         client.pingTimeout = configuration.pingTimeout
+        if client.tls != nil, client.tls?.serverName == nil {
+            // Unless told otherwise, the certificate must carry the name this processor was
+            // configured by: its host, or the DNS name its address came from.
+            client.tls?.serverName = self.endpoint.serverName ?? self.endpoint.host
+        }
         let logger = {
             var logger = self.pool.logger
             logger[metadataKey: "processor"] = "\(self.address)"

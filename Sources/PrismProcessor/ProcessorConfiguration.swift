@@ -1,4 +1,5 @@
 public import PrismImaging
+public import PrismTLS
 import PrismWire
 import NIOCore
 
@@ -26,6 +27,8 @@ public struct ProcessorConfiguration: Sendable {
     public var maxPendingOutputBytes: Int = 32 << 20
     /// Connections served at once; more are answered RESOURCE_EXHAUSTED on call 0 and closed.
     public var maxConnections: Int = 256
+    /// TLS on the frame port; nil keeps it plain TCP. The token below is only secret with TLS.
+    public var tls: ServerTLSConfiguration? = nil
     /// When set, clients must send this token in their Hello.
     public var authToken: String? = nil
     /// Image limits: pixels, dimensions, AVIF size, output bytes.
@@ -33,7 +36,8 @@ public struct ProcessorConfiguration: Sendable {
     /// Budget for calls that do not send one, and the most any call may ask for.
     public var defaultTimeout: Duration = .seconds(60)
     public var maxTimeout: Duration = .seconds(300)
-    /// Time a new connection has to send its Hello.
+    /// Time a new connection has to send its Hello, counted from accept: with TLS it bounds the
+    /// TLS handshake too, so a peer that sends nothing or half a ClientHello is closed by then.
     public var handshakeTimeout: Duration = .seconds(10)
     /// On shutdown, how long calls in flight may take to finish before they are cancelled.
     public var drainTimeout: Duration = .seconds(25)

@@ -21,6 +21,7 @@ final class ProcessorMetrics: Sendable {
     let jobsDropped: CoreMetrics.Counter
     let connections: CoreMetrics.Meter
     let connectionsRefused: CoreMetrics.Counter
+    let tlsHandshakeFailures: CoreMetrics.Counter
     let sourceBytes: CoreMetrics.Counter
     let outputBytes: CoreMetrics.Counter
     private let factory: PrometheusMetricsFactory
@@ -45,6 +46,9 @@ final class ProcessorMetrics: Sendable {
         self.jobsDropped = CoreMetrics.Counter(label: "prism_processor_jobs_dropped_total", factory: factory)
         self.connections = CoreMetrics.Meter(label: "prism_processor_connections", factory: factory)
         self.connectionsRefused = CoreMetrics.Counter(label: "prism_processor_connections_refused_total", factory: factory)
+        // Clients that failed TLS: untrusted or missing client certificates, plain TCP on the TLS
+        // port, handshakes cut off. A rise after a certificate rotation says who was missed.
+        self.tlsHandshakeFailures = CoreMetrics.Counter(label: "prism_processor_tls_handshake_failures_total", factory: factory)
         self.sourceBytes = CoreMetrics.Counter(label: "prism_processor_source_bytes_total", factory: factory)
         self.outputBytes = CoreMetrics.Counter(label: "prism_processor_output_bytes_total", factory: factory)
         self.jobsRunning.set(0)

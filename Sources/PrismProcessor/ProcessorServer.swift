@@ -3,8 +3,10 @@ import Hummingbird
 public import Logging
 public import NIOCore
 import NIOPosix
+import NIOSSL
 import PrismImaging
 import PrismProto
+import PrismTLS
 import PrismWire
 public import Prometheus
 public import ServiceLifecycle
@@ -21,6 +23,9 @@ public final class ProcessorServer: Service, Sendable {
     let logger: Logger
     let metrics: ProcessorMetrics
     let pool: WorkerPool
+    /// Made once at start from `configuration.tls`; every accepted connection gets a handler
+    /// from it.
+    private let tlsContext: NIOSSLContext?
     private let bound = AsyncValue<SocketAddress>()
     private let statusBound = AsyncValue<SocketAddress>()
     let draining = AsyncValue<Void>()
@@ -43,6 +48,7 @@ public final class ProcessorServer: Service, Sendable {
         registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()
     ) throws {
         try Vips.start(concurrency: configuration.vipsConcurrency)
+        self.tlsContext = try configuration.tls?.makeContext()
         self.configuration = configuration
         self.logger = logger
         self.metrics = ProcessorMetrics(registry: registry)
@@ -81,6 +87,9 @@ public final class ProcessorServer: Service, Sendable {
             low: max(1, config.maxPendingOutputBytes / 2),
             high: max(1, config.maxPendingOutputBytes)
         )
+        let tls = self.tlsContext.map { context in (context: context, refusal: Self.plaintextRefusal) }
+        let metrics = self.metrics
+        let logger = self.logger
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -90,6 +99,21 @@ public final class ProcessorServer: Service, Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     let decoder = FrameDecoder(maxFrameSize: maxFrameSize) { first in
                         ProcessorConnectionHandler.handshakeRefusal(first, configuration: config) == nil
+                    }
+                    if let tls {
+                        // First, so frames go through TLS unchanged. The pre-Hello timer of the
+                        // connection handler runs from accept, so it bounds the TLS handshake too.
+                        try channel.pipeline.syncOperations.addHandler(PlaintextRefusalHandler(refusal: tls.refusal) { peer in
+                            metrics.tlsHandshakeFailures.increment()
+                            logger.notice("connection refused: plain TCP on the TLS port", metadata: ["peer": "\(peer?.hostPort ?? "?")"])
+                        })
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                        try channel.pipeline.syncOperations.addHandler(TLSServerHandshakeHandler { failure, peer in
+                            metrics.tlsHandshakeFailures.increment()
+                            // The reason names the problem; BoringSSL's own text only helps a developer.
+                            logger.notice("TLS handshake failed", metadata: ["peer": "\(peer?.hostPort ?? "?")", "reason": "\(failure.reason)"])
+                            logger.debug("TLS handshake failure detail", metadata: ["peer": "\(peer?.hostPort ?? "?")", "detail": "\(failure.detail)"])
+                        })
                     }
                     try channel.pipeline.syncOperations.addHandler(BackPressureHandler())
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder))
@@ -105,6 +129,7 @@ public final class ProcessorServer: Service, Sendable {
         self.bound.set(address)
         self.logger.info("processor listening", metadata: [
             "address": "\(address.hostPort)", "workers": "\(config.workers)", "queue": "\(config.queueCapacity)",
+            "tls": "\(config.tls?.summary ?? "off")",
             "libvips": "\(Vips.version)",
         ])
 
@@ -184,6 +209,18 @@ public final class ProcessorServer: Service, Sendable {
         }
     }
 
+    /// What a TLS port answers, in plain bytes, to a peer whose first byte is not a TLS
+    /// handshake: one Error frame on call 0 that a plain client of the protocol can read.
+    static let plaintextRefusal: ByteBuffer = {
+        let error = PrismRPCError(
+            code: .failedPrecondition,
+            reason: .protocolViolation,
+            message: "This processor port requires TLS; connect with TLS (prism-gateway --processor-tls-ca, prism-call --tls)."
+        )
+        // A fixed, small message: encoding cannot fail.
+        return (try? Prism_V1_Frame.error(callID: 0, error).encoded()) ?? ByteBuffer()
+    }()
+
     /// Answers a connection over `maxConnections` with one Error on call 0, then closes it.
     private func refuse(_ channel: NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>) async {
         self.metrics.connectionsRefused.increment()
@@ -195,6 +232,12 @@ public final class ProcessorServer: Service, Sendable {
             message: "This processor already serves its limit of \(self.configuration.maxConnections) connections; retry later or connect to another processor.",
             isRetryable: true
         )
+        // With TLS the frame waits for a handshake the peer may never finish: the handshake
+        // timeout bounds that wait as it bounds a served connection's.
+        let giveUp = channel.channel.eventLoop.scheduleTask(in: .init(self.configuration.handshakeTimeout)) { [channel] in
+            channel.channel.close(promise: nil)
+        }
+        defer { giveUp.cancel() }
         try? await channel.executeThenClose { _, _ in
             // Awaited: the frame must reach the socket before the close.
             try await channel.channel.writeAndFlush(Prism_V1_Frame.error(callID: 0, error)).get()

@@ -1,14 +1,19 @@
 // prism-call: sends one image and one variant spec to a Prism processor and writes the result.
 //
 // A complete client of the frame protocol (Protos/PROTOCOL.md) in plain C on protobuf-c:
-// length-prefixed frames over TCP, Hello handshake, one call, Ping answered, unknown frames
-// ignored. Usage:
+// length-prefixed frames over TCP (or TLS, with OpenSSL), Hello handshake, one call, Ping
+// answered, unknown frames ignored. Usage:
 //
 //   prism-call --port 7070 --in photo.jpg --out thumb.webp --width 200 --height 200
 //              --fit cover --format webp [--quality 80] [--blur 3] [--token T] [--timeout-ms N]
+//              [--tls [--ca FILE] [--cert FILE --key FILE] [--server-name NAME]]
+//
+// --tls speaks TLS 1.2+ and checks the processor's certificate against --ca (default: the
+// system's CAs) and its name against --server-name (default: --host), sent as SNI unless it is
+// an IP address. --cert/--key present a client certificate to processors that require one.
 //
 // Prints "WIDTHxHEIGHT FORMAT BYTES" on success. Exits 2 on a usage error, 3 when the processor
-// refuses the call (its message on stderr), 4 on a connection or protocol failure.
+// refuses the call (its message on stderr), 4 on a connection, TLS or protocol failure.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -19,37 +24,88 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #include "prism/v1/prism.pb-c.h"
 
 #define MAX_FRAME (64u << 20)
+
+// One connection: a socket, and the TLS session over it when --tls is given.
+typedef struct {
+    int fd;
+    SSL *ssl;
+} Conn;
 
 static void die(int code, const char *what) {
     fprintf(stderr, "prism-call: %s\n", what);
     exit(code);
 }
 
-static void write_all(int fd, const uint8_t *p, size_t n) {
+// Dies with `what` and OpenSSL's reason (the certificate check's verdict first, when that is
+// what failed: "unable to get local issuer certificate", "hostname mismatch", ...).
+static void die_tls(const char *what, SSL *ssl) {
+    char reason[256] = "";
+    long verify = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+    unsigned long e = ERR_get_error();
+    if (verify != X509_V_OK) {
+        snprintf(reason, sizeof reason, "certificate verify failed: %s", X509_verify_cert_error_string(verify));
+    } else if (e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+               (ERR_GET_REASON(e) == SSL_R_WRONG_VERSION_NUMBER || ERR_GET_REASON(e) == SSL_R_PACKET_LENGTH_TOO_LONG)) {
+        snprintf(reason, sizeof reason, "the processor did not answer with TLS (is TLS turned on at the processor?)");
+    } else if (e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED) {
+        snprintf(reason, sizeof reason, "the processor requires a client certificate: pass --cert and --key");
+    } else if (e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_TLSV1_ALERT_UNKNOWN_CA) {
+        snprintf(reason, sizeof reason, "the processor does not trust --cert (unknown CA): use one its --tls-client-ca signed");
+    } else if (e != 0) {
+        ERR_error_string_n(e, reason, sizeof reason);
+    } else {
+        snprintf(reason, sizeof reason, "the processor closed the connection (does it speak TLS on this port?)");
+    }
+    fprintf(stderr, "prism-call: %s: %s\n", what, reason);
+    exit(4);
+}
+
+static void write_all(Conn *c, const uint8_t *p, size_t n) {
     while (n > 0) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) die(4, "connection lost while sending");
+        ssize_t w;
+        if (c->ssl) {
+            int k = SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+            if (k <= 0) die_tls("connection lost while sending", NULL);
+            w = k;
+        } else {
+            w = send(c->fd, p, n, MSG_NOSIGNAL);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) die(4, "connection lost while sending");
+        }
         p += w;
         n -= (size_t)w;
     }
 }
 
-static void read_all(int fd, uint8_t *p, size_t n) {
+static void read_all(Conn *c, uint8_t *p, size_t n) {
     while (n > 0) {
-        ssize_t r = recv(fd, p, n, 0);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) die(4, "the processor closed the connection");
+        ssize_t r;
+        if (c->ssl) {
+            int k = SSL_read(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+            if (k <= 0) {
+                if (SSL_get_error(c->ssl, k) == SSL_ERROR_ZERO_RETURN) die(4, "the processor closed the connection");
+                die_tls("the connection failed", NULL);
+            }
+            r = k;
+        } else {
+            r = recv(c->fd, p, n, 0);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) die(4, "the processor closed the connection");
+        }
         p += r;
         n -= (size_t)r;
     }
 }
 
 // Every frame: 4-byte big-endian length, then a serialised prism.v1.Frame.
-static void send_frame(int fd, const Prism__V1__Frame *frame) {
+static void send_frame(Conn *fd, const Prism__V1__Frame *frame) {
     size_t len = prism__v1__frame__get_packed_size(frame);
     uint8_t *buf = malloc(len + 4);
     if (!buf) die(4, "out of memory");
@@ -60,9 +116,13 @@ static void send_frame(int fd, const Prism__V1__Frame *frame) {
     free(buf);
 }
 
-static Prism__V1__Frame *read_frame(int fd) {
+static Prism__V1__Frame *read_frame(Conn *fd) {
     uint8_t header[4];
     read_all(fd, header, 4);
+    // A TLS record (alert 0x15 or handshake 0x16, version 3.x) where a frame should be: the
+    // port speaks TLS and this connection does not.
+    if (!fd->ssl && (header[0] == 0x15 || header[0] == 0x16) && header[1] == 0x03)
+        die(4, "the processor answered with TLS; connect with --tls");
     uint32_t len;
     memcpy(&len, header, 4);
     len = ntohl(len);
@@ -74,6 +134,44 @@ static Prism__V1__Frame *read_frame(int fd) {
     free(buf);
     if (!frame) die(4, "received bytes that are not a prism.v1.Frame");
     return frame;
+}
+
+static int is_ip_address(const char *s) {
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+// TLS over a connected socket: TLS 1.2 or later, the chain checked against `ca` (or the
+// system's CAs), the name checked (SSL_set1_host; an IP address against the certificate's IP
+// addresses), SNI sent for a DNS name.
+static SSL *start_tls(int fd, const char *name, const char *ca, const char *cert, const char *key) {
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) die_tls("cannot set up TLS", NULL);
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (ca) {
+        if (SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) die_tls("cannot load --ca (is it a PEM CA bundle?)", NULL);
+    } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        die_tls("cannot load the system's CAs", NULL);
+    }
+    if (cert) {
+        if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) die_tls("cannot load --cert (is it a PEM certificate?)", NULL);
+        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) die_tls("cannot load --key (is it an unencrypted PEM key?)", NULL);
+        if (SSL_CTX_check_private_key(ctx) != 1) die_tls("--key does not belong to --cert", NULL);
+    }
+    SSL *ssl = SSL_new(ctx);
+    SSL_CTX_free(ctx);  // the SSL holds its own reference
+    if (!ssl) die_tls("cannot set up TLS", NULL);
+    if (is_ip_address(name)) {
+        X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+        if (X509_VERIFY_PARAM_set1_ip_asc(param, name) != 1) die(2, "--server-name is not a valid IP address");
+    } else {
+        if (SSL_set1_host(ssl, name) != 1) die(2, "--server-name is not a valid host name");
+        if (SSL_set_tlsext_host_name(ssl, name) != 1) die_tls("cannot set SNI", NULL);
+    }
+    SSL_set_fd(ssl, fd);
+    if (SSL_connect(ssl) != 1) die_tls("TLS handshake with the processor failed", ssl);
+    return ssl;
 }
 
 static int connect_to(const char *host, const char *port) {
@@ -136,11 +234,24 @@ static const char *format_name(Prism__V1__Format f) {
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1", *port = "7070", *in = NULL, *out = NULL, *token = "";
     const char *fit = "cover", *format = "jpeg";
+    const char *ca = NULL, *cert = NULL, *key = NULL, *server_name = NULL;
+    int tls = 0;
     unsigned width = 0, height = 0, quality = 0, timeout_ms = 30000;
     float blur = 0;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const char *k = argv[i], *v = argv[i + 1];
+    for (int i = 1; i < argc; i += 2) {
+        const char *k = argv[i];
+        if (!strcmp(k, "--tls")) {
+            tls = 1;
+            i -= 1;  // a switch: no value follows
+            continue;
+        }
+        if (i + 1 >= argc) die(2, "every option but --tls takes a value");
+        const char *v = argv[i + 1];
         if (!strcmp(k, "--host")) host = v;
+        else if (!strcmp(k, "--ca")) ca = v;
+        else if (!strcmp(k, "--cert")) cert = v;
+        else if (!strcmp(k, "--key")) key = v;
+        else if (!strcmp(k, "--server-name")) server_name = v;
         else if (!strcmp(k, "--port")) port = v;
         else if (!strcmp(k, "--in")) in = v;
         else if (!strcmp(k, "--out")) out = v;
@@ -155,8 +266,12 @@ int main(int argc, char **argv) {
         else die(2, "unknown option (see the comment at the top of prism-call.c)");
     }
     if (!in || !out || (width == 0 && height == 0)) die(2, "--in, --out and --width or --height are required");
+    if (!cert != !key) die(2, "--cert and --key go together");
+    if ((ca || cert || server_name) && !tls) die(2, "--ca, --cert, --key and --server-name need --tls");
 
-    int fd = connect_to(host, port);
+    Conn conn = {connect_to(host, port), NULL};
+    Conn *fd = &conn;
+    if (tls) conn.ssl = start_tls(conn.fd, server_name ? server_name : host, ca, cert, key);
 
     // Handshake: our Hello, then the server's.
     Prism__V1__Hello hello = PRISM__V1__HELLO__INIT;
@@ -249,6 +364,10 @@ int main(int argc, char **argv) {
         prism__v1__frame__free_unpacked(f, NULL);
         if (done) break;
     }
-    close(fd);
+    if (conn.ssl) {
+        SSL_shutdown(conn.ssl);  // close_notify: a clean end of the TLS stream
+        SSL_free(conn.ssl);
+    }
+    close(conn.fd);
     return status;
 }

@@ -5,6 +5,7 @@ import PrismClient
 import PrismGateway
 import PrismRuntime
 import PrismStorage
+import PrismTLS
 import ServiceLifecycle
 import UnixSignals
 
@@ -100,6 +101,21 @@ struct GatewayOptions: ParsableArguments {
 
     @Option(help: "Token the processors require in their handshake. (env PRISM_AUTH_TOKEN; default none)")
     var processorToken: String?
+
+    @Flag(help: "Connect to the processors with TLS, trusting the system's CAs unless --processor-tls-ca is set. (env PRISM_PROCESSOR_TLS=true; default: plain TCP)")
+    var processorTls = false
+
+    @Option(help: "PEM CA bundle the processors' certificates must chain to; turns TLS on. (env PRISM_PROCESSOR_TLS_CA; default: the system's CAs)")
+    var processorTlsCa: String?
+
+    @Option(help: "PEM client certificate for processors that require one (mutual TLS); needs --processor-tls-key; turns TLS on. (env PRISM_PROCESSOR_TLS_CERT)")
+    var processorTlsCert: String?
+
+    @Option(help: "PEM private key of --processor-tls-cert, without passphrase. (env PRISM_PROCESSOR_TLS_KEY)")
+    var processorTlsKey: String?
+
+    @Option(help: "Name the processors' certificates must carry, also sent as SNI. (env PRISM_PROCESSOR_TLS_SERVER_NAME; default: the host in --processors / --processor-dns)")
+    var processorTlsServerName: String?
 
     @Option(help: "API keys clients must send as 'Authorization: Bearer <key>', comma-separated; none means open. (env PRISM_API_KEYS)")
     var apiKeys: String?
@@ -218,6 +234,7 @@ struct GatewayOptions: ParsableArguments {
         config.processors.resolveInterval = try settings.value(self.dnsRefresh, env: "PRISM_PROCESSOR_DNS_REFRESH", default: DurationSetting(.seconds(5))).duration
         try Settings.check(config.processors.resolveInterval, in: .milliseconds(100)...(.seconds(3600)), "--dns-refresh (PRISM_PROCESSOR_DNS_REFRESH)")
         config.processors.client.authToken = try settings.optional(self.processorToken, env: "PRISM_AUTH_TOKEN")
+        config.processors.client.tls = try self.processorTLS(settings, loadFiles: serving)
         config.processors.client.agent = "prism-gateway/1"
         config.processors.client.maxFrameSize = try settings.value(self.maxFrameSize, env: "PRISM_MAX_FRAME_SIZE", default: ByteSizeSetting(64 << 20)).bytes
         try Settings.check(config.processors.client.maxFrameSize, in: 65_536...(1 << 30), "--max-frame-size (PRISM_MAX_FRAME_SIZE)")
@@ -305,7 +322,8 @@ struct GatewayOptions: ParsableArguments {
             ("listen", "\(config.host):\(config.port)"),
             ("processors", config.processors.endpoints.map(\.description).joined(separator: ",")),
             ("processor_dns", config.processors.dnsNames.map(\.description).joined(separator: ",")),
-            ("processor_token", config.processors.client.authToken == nil ? "none" : "set (hidden)"),
+            ("processor_tls", config.processors.client.tls?.summary ?? "off"),
+            ("processor_token", config.processors.client.authToken == nil ? "none" : config.processors.client.tls == nil ? "set (hidden; sent in clear without TLS)" : "set (hidden)"),
             ("api_keys", "\(config.apiKeys.count)"), ("max_upload_size", "\(config.maxUploadBytes)"),
             ("upload_timeout", "\(config.uploadTimeout)"), ("max_concurrent_uploads", "\(config.maxConcurrentUploads)"),
             ("split", config.split.rawValue),
@@ -322,6 +340,41 @@ struct GatewayOptions: ParsableArguments {
             summary.append(("storage", "s3 \(s3.endpoint) bucket=\(s3.bucket) prefix=\(s3.keyPrefix) region=\(s3.region) path_style=\(s3.pathStyle) create_bucket=\(create)"))
         }
         return (config, summary)
+    }
+
+    /// TLS towards the processors: on with --processor-tls, or as soon as a CA or client
+    /// certificate is named. Files are read and checked here, so a mistake stops the start
+    /// (and `--check-config`) naming the file and the problem. `sweep` never calls a processor:
+    /// it reads the settings (so they are not reported as unknown) but not the files, which a
+    /// cron job sharing the gateway's environment may not have mounted.
+    func processorTLS(_ settings: Settings, loadFiles: Bool) throws -> ClientTLSConfiguration? {
+        let on = try settings.flag(self.processorTls, env: "PRISM_PROCESSOR_TLS")
+        let ca = try settings.optional(self.processorTlsCa, env: "PRISM_PROCESSOR_TLS_CA")
+        let certificate = try settings.optional(self.processorTlsCert, env: "PRISM_PROCESSOR_TLS_CERT")
+        let key = try settings.optional(self.processorTlsKey, env: "PRISM_PROCESSOR_TLS_KEY")
+        let serverName = try settings.optional(self.processorTlsServerName, env: "PRISM_PROCESSOR_TLS_SERVER_NAME")
+        guard on || ca != nil || certificate != nil || key != nil else {
+            if serverName != nil {
+                throw ValidationError("--processor-tls-server-name (PRISM_PROCESSOR_TLS_SERVER_NAME) needs TLS: add --processor-tls or --processor-tls-ca.")
+            }
+            return nil
+        }
+        guard loadFiles else { return nil }
+        do {
+            return try ClientTLSConfiguration.load(
+                trustRootsFile: ca,
+                certificateFile: certificate,
+                privateKeyFile: key,
+                serverName: serverName,
+                settings: (
+                    trustRoots: "--processor-tls-ca (PRISM_PROCESSOR_TLS_CA)",
+                    certificate: "--processor-tls-cert (PRISM_PROCESSOR_TLS_CERT)",
+                    key: "--processor-tls-key (PRISM_PROCESSOR_TLS_KEY)"
+                )
+            )
+        } catch {
+            throw ValidationError(error.message)
+        }
     }
 
     func bootstrapLogging(_ settings: Settings) throws -> Logger {

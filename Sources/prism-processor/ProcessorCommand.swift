@@ -4,6 +4,7 @@ import Logging
 import PrismImaging
 import PrismProcessor
 import PrismRuntime
+import PrismTLS
 import ServiceLifecycle
 import UnixSignals
 
@@ -66,6 +67,18 @@ struct ProcessorCommand: AsyncParsableCommand {
     @Option(help: "Token clients must send in their Hello. (env PRISM_AUTH_TOKEN; default: none required)")
     var authToken: String?
 
+    @Option(help: "PEM certificate chain (leaf first) for TLS on --port; needs --tls-key. (env PRISM_TLS_CERT; default: plain TCP)")
+    var tlsCert: String?
+
+    @Option(help: "PEM private key of --tls-cert, without passphrase. (env PRISM_TLS_KEY)")
+    var tlsKey: String?
+
+    @Option(help: "PEM CA bundle: clients must present a certificate signed by it (mutual TLS); needs --tls-cert. (env PRISM_TLS_CLIENT_CA; default: no client certificate asked)")
+    var tlsClientCa: String?
+
+    @Option(help: "Time a new connection has to finish its TLS handshake and send its Hello, e.g. 10s. (env PRISM_PROCESSOR_HANDSHAKE_TIMEOUT; default 10s)")
+    var handshakeTimeout: DurationSetting?
+
     @Option(help: "Budget for calls that send none, e.g. 60s. (env PRISM_PROCESSOR_DEFAULT_TIMEOUT; default 60s)")
     var defaultTimeout: DurationSetting?
 
@@ -102,6 +115,12 @@ struct ProcessorCommand: AsyncParsableCommand {
         config.limits.maxAVIFPixels = try settings.value(self.maxAvifPixels, env: "PRISM_MAX_AVIF_PIXELS", default: config.limits.maxAVIFPixels)
         config.limits.failOnWarnings = try !settings.flag(self.lenientDecoding, env: "PRISM_LENIENT_DECODING")
         config.authToken = try settings.optional(self.authToken, env: "PRISM_AUTH_TOKEN")
+        config.tls = try Self.tls(
+            certificate: settings.optional(self.tlsCert, env: "PRISM_TLS_CERT"),
+            key: settings.optional(self.tlsKey, env: "PRISM_TLS_KEY"),
+            clientCA: settings.optional(self.tlsClientCa, env: "PRISM_TLS_CLIENT_CA")
+        )
+        config.handshakeTimeout = try settings.value(self.handshakeTimeout, env: "PRISM_PROCESSOR_HANDSHAKE_TIMEOUT", default: DurationSetting(config.handshakeTimeout)).duration
         config.defaultTimeout = try settings.value(self.defaultTimeout, env: "PRISM_PROCESSOR_DEFAULT_TIMEOUT", default: DurationSetting(config.defaultTimeout)).duration
         config.maxTimeout = try settings.value(self.maxTimeout, env: "PRISM_PROCESSOR_MAX_TIMEOUT", default: DurationSetting(config.maxTimeout)).duration
         config.drainTimeout = try settings.value(self.drainTimeout, env: "PRISM_DRAIN_TIMEOUT", default: DurationSetting(config.drainTimeout)).duration
@@ -119,6 +138,7 @@ struct ProcessorCommand: AsyncParsableCommand {
         try Settings.check(config.limits.maxInputPixels, in: 1...1_000_000_000, "--max-input-pixels (PRISM_MAX_INPUT_PIXELS)")
         try Settings.check(config.limits.maxOutputDimension, in: 1...65_500, "--max-output-dimension (PRISM_MAX_OUTPUT_DIMENSION)")
         try Settings.check(config.limits.maxAVIFPixels, in: 1...1_000_000_000, "--max-avif-pixels (PRISM_MAX_AVIF_PIXELS)")
+        try Settings.check(config.handshakeTimeout, in: .milliseconds(100)...(.seconds(300)), "--handshake-timeout (PRISM_PROCESSOR_HANDSHAKE_TIMEOUT)")
         try Settings.check(config.defaultTimeout, in: .milliseconds(1)...config.maxTimeout, "--default-timeout (PRISM_PROCESSOR_DEFAULT_TIMEOUT, at most --max-timeout)")
         if config.authToken?.isEmpty == true { config.authToken = nil }
 
@@ -132,7 +152,9 @@ struct ProcessorCommand: AsyncParsableCommand {
             ("max_pending_output_bytes", "\(config.maxPendingOutputBytes)"), ("max_connections", "\(config.maxConnections)"),
             ("max_input_pixels", "\(config.limits.maxInputPixels)"), ("max_output_dimension", "\(config.limits.maxOutputDimension)"),
             ("max_avif_pixels", "\(config.limits.maxAVIFPixels)"), ("fail_on_warnings", "\(config.limits.failOnWarnings)"),
-            ("auth_token", config.authToken == nil ? "none" : "set (hidden)"),
+            ("tls", config.tls?.summary ?? "off"),
+            ("auth_token", config.authToken == nil ? "none" : config.tls == nil ? "set (hidden; sent in clear without TLS)" : "set (hidden)"),
+            ("handshake_timeout", "\(config.handshakeTimeout)"),
             ("default_timeout", "\(config.defaultTimeout)"), ("max_timeout", "\(config.maxTimeout)"),
             ("drain_timeout", "\(config.drainTimeout)"),
         ]
@@ -142,5 +164,37 @@ struct ProcessorCommand: AsyncParsableCommand {
         groupConfig.gracefulShutdownSignals = [.sigterm, .sigint]
         groupConfig.maximumGracefulShutdownDuration = config.drainTimeout + .seconds(5)
         try await ServiceGroup(configuration: groupConfig).run()
+    }
+
+    /// TLS from the three file settings: none of them is plain TCP; a certificate needs its key
+    /// and the other way round; a client CA needs a certificate. Each file is read and checked
+    /// here, so a mistake stops the start (and `--check-config`) with the file and the problem.
+    static func tls(certificate: String?, key: String?, clientCA: String?) throws -> ServerTLSConfiguration? {
+        switch (certificate, key) {
+        case (nil, nil):
+            guard clientCA == nil else {
+                throw ValidationError("--tls-client-ca (PRISM_TLS_CLIENT_CA) needs TLS: set --tls-cert and --tls-key too.")
+            }
+            return nil
+        case (let certificate?, let key?):
+            do {
+                return try ServerTLSConfiguration.load(
+                    certificateFile: certificate,
+                    privateKeyFile: key,
+                    clientCAFile: clientCA,
+                    settings: (
+                        certificate: "--tls-cert (PRISM_TLS_CERT)",
+                        key: "--tls-key (PRISM_TLS_KEY)",
+                        clientCA: "--tls-client-ca (PRISM_TLS_CLIENT_CA)"
+                    )
+                )
+            } catch {
+                throw ValidationError(error.message)
+            }
+        case (nil, _?):
+            throw ValidationError("--tls-key (PRISM_TLS_KEY) is set without --tls-cert (PRISM_TLS_CERT): TLS needs both.")
+        case (_?, nil):
+            throw ValidationError("--tls-cert (PRISM_TLS_CERT) is set without --tls-key (PRISM_TLS_KEY): TLS needs both.")
+        }
     }
 }
