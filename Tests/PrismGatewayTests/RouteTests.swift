@@ -104,7 +104,8 @@ struct RouteTests {
         defer { silent.close() }
         try await self.withGateway({
             $0.processors.endpoints = [silent.endpoint]
-            $0.processors.readyWait = .seconds(1)
+            // Long enough that the poll below sees the original on a busy machine.
+            $0.processors.readyWait = .seconds(4)
             $0.processors.client.handshakeTimeout = .seconds(60)
         }) { client, store in
             try await withThrowingTaskGroup(of: TestResponse.self) { group in
