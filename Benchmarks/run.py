@@ -155,9 +155,12 @@ def summarize(latencies_s, wall_s, uploads):
     return {
         "uploads": uploads,
         "median_ms": round(statistics.median(ms), 1),
+        "mean_ms": round(statistics.mean(ms), 1),
         "p95_ms": round(ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))], 1),
         "uploads_per_s": round(uploads / wall_s, 2),
         "wall_s": round(wall_s, 2),
+        # Other work on a shared machine shows here: compare rows measured under similar load.
+        "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
     }
 
 
@@ -643,6 +646,7 @@ def machine():
         "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(int(mem) / 2**20, 1), "kernel": platform.release(),
         "swift": out("swift", "--version"), "libvips": out("vips", "--version"), "python": platform.python_version(),
         "commit": out("git", "rev-parse", "--short", "HEAD"), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
