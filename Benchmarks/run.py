@@ -561,6 +561,20 @@ def slope_mb_per_min(points):
     return round(60 * sum((t - mt) * (r - mr) for t, r in points) / var / 2**20, 3) if var else None
 
 
+def peak_slopes(samples, keys, minutes, window_s=60):
+    """Slope (MB/min) of each process's highest RSS per window over the second half: RSS at any
+    instant depends on which images are in flight, the envelope is what grows with a leak."""
+    out = {}
+    for key in keys:
+        windows = {}
+        for s in samples:
+            if s["t_s"] >= 30 * minutes:
+                w = int(s["t_s"] // window_s)
+                windows[w] = max(windows.get(w, 0), s[key])
+        out[key] = slope_mb_per_min([((w + 0.5) * window_s, mb * 2**20) for w, mb in sorted(windows.items())])
+    return out
+
+
 def soak(bins, logs, images, minutes, in_flight=4, every_s=5.0):
     """e2e-local at in_flight uploads for `minutes`; RSS of every process sampled every every_s
     seconds; each image deleted once its upload is answered so the disk does not fill."""
@@ -626,6 +640,7 @@ def soak(bins, logs, images, minutes, in_flight=4, every_s=5.0):
     result.update({
         "mode": "soak e2e-local", "in_flight": in_flight, "minutes": minutes, "sample_every_s": every_s,
         "rss_slope_mb_per_min_second_half": {k: slope_mb_per_min([(s["t_s"], s[k] * 2**20) for s in second_half]) for k in procs},
+        "rss_peak_per_minute_slope_mb_per_min_second_half": peak_slopes(samples, list(procs), minutes),
         "rss_mb_first_last_second_half": {k: [second_half[0][k], second_half[-1][k]] if second_half else None for k in procs},
         "peak_rss_mb": peak,
         "failed_uploads": len(state["failures"]), "failures": state["failures"],
@@ -778,7 +793,8 @@ def main():
             print(f"  failed at {f['at_s']} s, {f['image']}: {f['error']}")
         print("RSS slope over the second half (least squares, MB/min); RSS at its start and end; peak:")
         for k, v in result["rss_slope_mb_per_min_second_half"].items():
-            print(f"  {k:<12} {v} MB/min   {result['rss_mb_first_last_second_half'][k]} MB   peak {result['peak_rss_mb'][k]} MB")
+            print(f"  {k:<12} {v} MB/min (of each minute's peak: {result['rss_peak_per_minute_slope_mb_per_min_second_half'][k]})   "
+                  f"{result['rss_mb_first_last_second_half'][k]} MB   peak {result['peak_rss_mb'][k]} MB")
         out = Path(args.out or results_dir / f"{stamp}-soak.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
