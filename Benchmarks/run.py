@@ -778,6 +778,8 @@ def main():
     logs = Path(tempfile.mkdtemp(prefix="prism-bench-logs-"))
     info = machine()
     info["bin_dir"] = str(bins)
+    # HEAD says which harness ran; the binaries may be older or built from a dirty tree.
+    info["binaries_built"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime((bins / "prism-gateway").stat().st_mtime))
     stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
     results_dir = REPO / "Benchmarks" / "results"
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; {info['swift']}; {info['libvips']}; commit {info['commit']}; binaries {bins}")
