@@ -13,7 +13,9 @@ RSS with 17-20 MP photos at 4 in flight.
 
 Peers, what a user would run instead, on the same corpus at the same levels (Benchmarks/peers.py,
 in the harness's own virtualenv .bench-venv/):
-  pyvips-once   pyvips in-process, one decode: thumbnail_buffer to 2048, the rest from it (the reference)
+  pyvips-once   pyvips in-process, one decode: thumbnail_buffer to 2048, then each variant from the
+                smallest one already made (2048 -> 1280 -> 640 -> 200): the reference
+  pyvips-flat   the same with every variant resized from the 2048 px image
   pyvips-each   pyvips, one thumbnail_buffer per variant
   pillow        Pillow, draft mode for JPEG, one decode
   thumbor       a thumbor server (N processes, file loader), five variant requests per upload
@@ -47,7 +49,7 @@ IMAGES = REPO / ".test-images"
 LEVELS = [1, 2, 4, 8]
 VENV = REPO / ".bench-venv"
 PEER_PACKAGES = ["pyvips", "Pillow", "thumbor", "matplotlib"]
-PEERS = ["pyvips-once", "pyvips-each", "pillow", "thumbor"]
+PEERS = ["pyvips-once", "pyvips-flat", "pyvips-each", "pillow", "thumbor"]
 PRISM_MODES = ["pipeline", "processor", "e2e-local", "e2e-s3", "split", "memory"]
 # 5120x2880 (14.7 MP) wallpapers from Debian's plasma-workspace-wallpapers (scripts/install-deps.sh
 # --bench): a progressive JPEG, a baseline one (used as a progressive copy) and an RGB PNG with an
@@ -731,8 +733,8 @@ def print_goals(results, levels):
 
 def markdown_table(results):
     """Prism and the peers, for docs/performance.md."""
-    names = {"e2e-local": "Prism e2e, local store", "pipeline": "Prism pipeline in-process", "pyvips-once": "pyvips decode-once",
-             "pyvips-each": "pyvips per variant", "pillow": "Pillow", "thumbor": "thumbor"}
+    names = {"e2e-local": "Prism e2e, local store", "pipeline": "Prism pipeline in-process", "pyvips-once": "pyvips decode-once (cascade)",
+             "pyvips-flat": "pyvips decode-once, all from 2048", "pyvips-each": "pyvips per variant", "pillow": "Pillow", "thumbor": "thumbor"}
     lines = ["| | in flight | median ms | p95 ms | uploads/s | CPU ms per upload | peak RSS MB |", "|---|---:|---:|---:|---:|---:|---|"]
     rows = results["runs"] + results.get("peers", [])
     for mode, label in names.items():
