@@ -18,6 +18,8 @@ public struct ProcessRequest: Sendable {
     /// one in `onVariant` turns this off, so the bytes are freed once stored rather than held
     /// until the whole call ends.
     public var keepsVariantData: Bool
+    /// Ask the processor for the source's placeholder (`ProcessResult.source.placeholder`).
+    public var placeholder = false
 
     public init(
         source: ByteBuffer,

@@ -296,6 +296,7 @@ public final class ProcessorConnection: Sendable {
         var message = Prism_V1_Request()
         message.variants = request.variants
         message.requestID = request.requestID
+        message.placeholder = request.placeholder
         if let deadline = request.deadline {
             let remaining = ContinuousClock.now.duration(to: deadline)
             guard remaining > .milliseconds(1) else {

@@ -37,11 +37,14 @@ public struct ImageJob: Sendable {
     public var source: Data
     public var variants: [Prism_V1_VariantSpec]
     public var limits: ImagingLimits
+    /// Also make the source's placeholder (ThumbHash and dominant colour) into the summary.
+    public var placeholder: Bool
 
-    public init(source: Data, variants: [Prism_V1_VariantSpec], limits: ImagingLimits = ImagingLimits()) {
+    public init(source: Data, variants: [Prism_V1_VariantSpec], limits: ImagingLimits = ImagingLimits(), placeholder: Bool = false) {
         self.source = source
         self.variants = variants
         self.limits = limits
+        self.placeholder = placeholder
     }
 
     /// Runs the job, handing each variant to `emit` as soon as it is encoded.
@@ -164,6 +167,14 @@ struct JobRun {
             let data = try self.encode(image, plan: plan)
             let end = clock.now
             emit(EncodedVariant(index: plan.index, data: data, size: image.size, format: plan.format, duration: end - start, encodeDuration: end - encodeStart))
+        }
+        if self.job.placeholder {
+            if let stop = self.cancellation.stopError { throw stop }
+            do {
+                info.placeholder = try self.placeholder(frames: &frames)
+            } catch {
+                throw self.failure(error, reason: .unspecified, message: "The image's placeholder could not be made.")
+            }
         }
         return JobSummary(source: info, decodeDuration: decodeDuration, shrinkOnLoad: shrink)
     }

@@ -241,7 +241,7 @@ final class ProcessorConnectionHandler: Sendable {
         var limits = self.server.configuration.limits
         // Each answer must fit in one frame the client accepts, with the Response's own fields.
         limits.maxOutputBytes = min(limits.maxOutputBytes, clientMaxFrameSize - PrismProtocol.maxResponseOverhead)
-        let job = ImageJob(source: request.source, variants: request.variants, limits: limits)
+        let job = ImageJob(source: request.source, variants: request.variants, limits: limits, placeholder: request.placeholder)
         return WorkerPool.Job(isAbandoned: { cancellation.isStopped }) { queued in
             let clock = ContinuousClock()
             let jobStart = clock.now

@@ -581,6 +581,10 @@ public nonisolated struct Prism_V1_Request: Sendable {
   /// Correlates log lines across services. Free text, at most 128 bytes.
   public var requestID: String = String()
 
+  /// Also describe the source with a placeholder (Complete.source.placeholder): a ThumbHash and
+  /// its dominant colour, made from a scaling the call already has (no extra decode).
+  public var placeholder: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -661,9 +665,50 @@ public nonisolated struct Prism_V1_SourceInfo: Sendable {
   /// True when the source has an alpha (transparency) channel.
   public var alpha: Bool = false
 
+  /// Present when the Request asked for it.
+  public var placeholder: Prism_V1_Placeholder {
+    get {_placeholder ?? Prism_V1_Placeholder()}
+    set {_placeholder = newValue}
+  }
+  /// Returns true if `placeholder` has been explicitly set.
+  public var hasPlaceholder: Bool {self._placeholder != nil}
+  /// Clears the value of `placeholder`. Subsequent reads from it will return its default value.
+  public mutating func clearPlaceholder() {self._placeholder = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _placeholder: Prism_V1_Placeholder? = nil
+}
+
+/// What a front end shows while an image loads.
+public nonisolated struct Prism_V1_Placeholder: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// ThumbHash (https://evanw.github.io/thumbhash/) of the auto-oriented image, as its author's
+  /// reference encoder makes it from the image scaled to fit 100x100 (RGBA).
+  public var thumbhash: Data = Data()
+
+  /// The dominant colour: the centre of the most populated cell when each of R, G and B is cut
+  /// into 16 levels (4096 cells), over the pixels of the same scaling that are at least half
+  /// opaque.
+  public var color: Prism_V1_Color {
+    get {_color ?? Prism_V1_Color()}
+    set {_color = newValue}
+  }
+  /// Returns true if `color` has been explicitly set.
+  public var hasColor: Bool {self._color != nil}
+  /// Clears the value of `color`. Subsequent reads from it will return its default value.
+  public mutating func clearColor() {self._color = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _color: Prism_V1_Color? = nil
 }
 
 /// Either direction. On a call id: the call failed and is over; last frame of the call.
@@ -1368,7 +1413,7 @@ nonisolated extension Prism_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}variants\0\u{3}timeout_ms\0\u{3}request_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}variants\0\u{3}timeout_ms\0\u{3}request_id\0\u{1}placeholder\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1380,6 +1425,7 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.variants) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.placeholder) }()
       default: break
       }
     }
@@ -1398,6 +1444,9 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if !self.requestID.isEmpty {
       try visitor.visitSingularStringField(value: self.requestID, fieldNumber: 4)
     }
+    if self.placeholder != false {
+      try visitor.visitSingularBoolField(value: self.placeholder, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1406,6 +1455,7 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.variants != rhs.variants {return false}
     if lhs.timeoutMs != rhs.timeoutMs {return false}
     if lhs.requestID != rhs.requestID {return false}
+    if lhs.placeholder != rhs.placeholder {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1517,7 +1567,7 @@ nonisolated extension Prism_V1_Complete: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Prism_V1_SourceInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SourceInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}width\0\u{1}height\0\u{1}format\0\u{1}pages\0\u{1}alpha\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}width\0\u{1}height\0\u{1}format\0\u{1}pages\0\u{1}alpha\0\u{1}placeholder\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1530,12 +1580,17 @@ nonisolated extension Prism_V1_SourceInfo: SwiftProtobuf.Message, SwiftProtobuf.
       case 3: try { try decoder.decodeSingularEnumField(value: &self.format) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.pages) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.alpha) }()
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._placeholder) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.width != 0 {
       try visitor.visitSingularUInt32Field(value: self.width, fieldNumber: 1)
     }
@@ -1551,6 +1606,9 @@ nonisolated extension Prism_V1_SourceInfo: SwiftProtobuf.Message, SwiftProtobuf.
     if self.alpha != false {
       try visitor.visitSingularBoolField(value: self.alpha, fieldNumber: 5)
     }
+    try { if let v = self._placeholder {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1560,6 +1618,46 @@ nonisolated extension Prism_V1_SourceInfo: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.format != rhs.format {return false}
     if lhs.pages != rhs.pages {return false}
     if lhs.alpha != rhs.alpha {return false}
+    if lhs._placeholder != rhs._placeholder {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prism_V1_Placeholder: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Placeholder"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}thumbhash\0\u{1}color\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.thumbhash) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._color) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.thumbhash.isEmpty {
+      try visitor.visitSingularBytesField(value: self.thumbhash, fieldNumber: 1)
+    }
+    try { if let v = self._color {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prism_V1_Placeholder, rhs: Prism_V1_Placeholder) -> Bool {
+    if lhs.thumbhash != rhs.thumbhash {return false}
+    if lhs._color != rhs._color {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
