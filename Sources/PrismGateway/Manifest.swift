@@ -1,4 +1,5 @@
 public import Foundation
+import PrismProto
 
 /// What an upload produced: the JSON the API answers and stores as `manifest.json`.
 public struct Manifest: Codable, Sendable, Equatable {
@@ -7,6 +8,26 @@ public struct Manifest: Codable, Sendable, Equatable {
     public var createdAt: String
     public var original: Original
     public var variants: [Variant]
+    /// What a front end shows while the image loads; absent in manifests from before it existed.
+    public var placeholder: Placeholder?
+
+    public struct Placeholder: Codable, Sendable, Equatable {
+        /// ThumbHash of the image, base64 (standard alphabet, padded).
+        public var thumbhash: String
+        /// Dominant colour, `#rrggbb`.
+        public var color: String
+
+        public init(thumbhash: String, color: String) {
+            self.thumbhash = thumbhash
+            self.color = color
+        }
+
+        init(_ placeholder: Prism_V1_Placeholder) {
+            let c = placeholder.color
+            self.thumbhash = placeholder.thumbhash.base64EncodedString()
+            self.color = c.transparent ? "transparent" : String(format: "#%02x%02x%02x", min(c.r, 255), min(c.g, 255), min(c.b, 255))
+        }
+    }
 
     public struct Original: Codable, Sendable, Equatable {
         public var key: String
@@ -30,7 +51,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, recipe, createdAt = "created_at", original, variants
+        case id, recipe, createdAt = "created_at", original, variants, placeholder
     }
 
     static func key(id: String) -> String { "images/\(id)/manifest.json" }

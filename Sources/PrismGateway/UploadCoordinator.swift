@@ -121,12 +121,14 @@ struct UploadCoordinator: Sendable {
                 self.metrics.stored(bytes: source.count, duration: clock.now - stored)
                 return .original(sha256: sha256)
             }
-            for members in groups {
+            for (number, members) in groups.enumerated() {
                 group.addTask {
                     let specs = members.map { recipe.variants[$0] }
                     let etags = Mutex<[Int: String]>([:])
                     // The variants' bytes are dropped once stored, not held until the upload ends.
-                    let request = ProcessRequest(source: sourceBuffer, variants: specs, deadline: deadline, requestID: requestID, keepsVariantData: false)
+                    var request = ProcessRequest(source: sourceBuffer, variants: specs, deadline: deadline, requestID: requestID, keepsVariantData: false)
+                    // One call is enough to describe the source.
+                    request.placeholder = number == 0
                     let result = try await self.pool.process(request) { variant in
                         let key = Self.variantKey(id: id, spec: specs[variant.index])
                         written.add(key)
@@ -155,7 +157,7 @@ struct UploadCoordinator: Sendable {
             case .original(let sha256):
                 originalSHA256 = sha256
             case .call(let result, let members, let etags):
-                sourceInfo = result.source
+                if result.source.hasPlaceholder || !sourceInfo.hasPlaceholder { sourceInfo = result.source }
                 for variant in result.variants {
                     let index = members[variant.index]
                     let spec = recipe.variants[index]
@@ -179,7 +181,8 @@ struct UploadCoordinator: Sendable {
                 format: formatName == "unknown" ? sniffed : formatName,
                 bytes: source.count, sha256: originalSHA256
             ),
-            variants: variants.compactMap { $0 }
+            variants: variants.compactMap { $0 },
+            placeholder: sourceInfo.hasPlaceholder ? Manifest.Placeholder(sourceInfo.placeholder) : nil
         )
         guard manifest.variants.count == recipe.variants.count else {
             throw GatewayError.internalError

@@ -1,6 +1,7 @@
 """prism-gateway end to end: real HTTP clients, real processor processes, local disk and S3."""
 import hashlib
 import io
+import re
 import signal
 import socket
 import subprocess
@@ -440,3 +441,43 @@ def test_an_upload_past_its_deadline_is_504_and_leaves_nothing(services):
     wait_until(lambda: processors[0].metric("prism_processor_jobs_running") == 0, 10, message="the job to stop")
     assert processors[0].metric("prism_processor_job_seconds_sum", 'outcome="deadline"') < 2
     assert gateway.stored_files() == []
+
+
+@pytest.mark.parametrize("source", [photo("Dune.jpg"), edge("orient6-gps.jpg"), edge("alpha.png")])
+def test_the_manifest_carries_a_thumbhash_and_dominant_colour_that_look_like_the_image(stack, source):
+    """The placeholder, decoded by the reference's own decoder, looks like the image; the
+    dominant colour is one of the image's most populated colour cells, counted independently."""
+    import base64
+    from thumbhash import thumbhash_to_image
+    gateway, _ = stack
+    response = gateway.upload(source)
+    assert response.status_code == 201, response.text
+    manifest = response.json()
+    placeholder = manifest["placeholder"]
+    hash_bytes = base64.b64decode(placeholder["thumbhash"], validate=True)
+    assert 5 <= len(hash_bytes) <= 25
+    # The decoded preview has the upright image's aspect ratio (ThumbHash keeps it roughly).
+    preview = thumbhash_to_image(hash_bytes).convert("RGBA")
+    width, height = manifest["original"]["width"], manifest["original"]["height"]
+    assert abs(preview.width / preview.height - width / height) < 0.25 * (width / height)
+    # ...and its mean colour is the image's (over opaque pixels, mean channel difference < 20).
+    small = pyvips.Image.thumbnail(str(source), 100, height=100)
+    if small.bands == 1:
+        small = small.colourspace("srgb")
+    if not small.hasalpha():
+        small = small.bandjoin(255)
+    pixels = bytes(small.cast("uchar").write_to_memory())
+    opaque = [pixels[i:i + 4] for i in range(0, len(pixels), 4) if pixels[i + 3] >= 128]
+    mean = [sum(p[c] for p in opaque) / len(opaque) for c in range(3)]
+    preview_px = [p for p in preview.getdata() if p[3] >= 128]
+    preview_mean = [sum(p[c] for p in preview_px) / len(preview_px) for c in range(3)]
+    assert sum(abs(a - b) for a, b in zip(mean, preview_mean)) / 3 < 20, (mean, preview_mean)
+    # The dominant colour is among the three most populated of 4096 cells of that scaling.
+    assert re.fullmatch(r"#[0-9a-f]{6}", placeholder["color"])
+    counts = {}
+    for p in opaque:
+        cell = (p[0] >> 4, p[1] >> 4, p[2] >> 4)
+        counts[cell] = counts.get(cell, 0) + 1
+    top = sorted(counts, key=lambda c: -counts[c])[:3]
+    colour = tuple(int(placeholder["color"][i:i + 2], 16) >> 4 for i in (1, 3, 5))
+    assert colour in top, (placeholder["color"], [(c, counts[c]) for c in top])
