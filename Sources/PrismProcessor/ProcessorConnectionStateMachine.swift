@@ -66,6 +66,8 @@ struct ProcessorConnectionStateMachine<Call> {
         case halfClose
     }
 
+    /// Methods that change an `Open` first set `.closed` in its place, so the calls dictionary
+    /// is changed in place rather than copied, then put the new state back.
     private enum State {
         /// No frame read yet. `drainRequested`: the server began draining before the Hello; a
         /// GoAway goes out right after the processor's Hello, never before it.
