@@ -321,6 +321,17 @@ if ProcessInfo.processInfo.environment["PRISM_FUZZ"] != nil {
             ],
             path: "Tests/Fuzz/FuzzSpecs",
             swiftSettings: swiftSettings
-        )
+        ),
+        .executableTarget(
+            name: "prism-fuzz-connection",
+            dependencies: [
+                "PrismProcessor",
+                "PrismWire",
+                "PrismProto",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Tests/Fuzz/FuzzConnection",
+            swiftSettings: swiftSettings
+        ),
     ]
 }

@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 runs=${FUZZ_RUNS:-10000000}
 seconds=${FUZZ_SECONDS:-0}
 config=${FUZZ_CONFIG:-release}
-# -enable-testing: the spec target reaches the planner's internals with @testable.
+# -enable-testing: the spec and connection targets reach internals (the planner, the processor's
+# connection state machine) with @testable.
 flags=(-c "$config" -Xswiftc -sanitize=fuzzer,address -Xswiftc -enable-testing)
-targets=(frames specs)
+targets=(frames specs connection)
 
 # One -sanitize flag with both values: swiftc keeps only the last of several -sanitize flags, and
 # `swift build --sanitize=fuzzer --sanitize=address` silently builds without coverage.

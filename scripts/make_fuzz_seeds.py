@@ -58,8 +58,65 @@ SPECS = [
 ]
 
 
+# The connection fuzzer's records: a control byte below 0x80 is followed by one frame (bit 0: the
+# worker pool is full for it); 0x80 | event is followed by one argument byte (see
+# Tests/Fuzz/FuzzConnection/main.swift).
+FRAME, POOL_FULL = b"\x00", b"\x01"
+HANDSHAKE_TIMER, DRAIN, DRAIN_DEADLINE, FINISH_OPEN, FINISH_ID, PEER_GONE, FINISH_STOPPED = 0x80, 0x81, 0x82, 0x83, 0x86, 0x87, 0x88
+
+
+def event(kind, argument=0):
+    return bytes([kind, argument])
+
+
+def connection_seeds():
+    """Conversations with the processor, each a fault or a path from PROTOCOL.md sections 2-5."""
+    def hello(version=1, max_frame=65536, token="token"):
+        return FRAME + frame(0, 2, field(1, version) + field(2, max_frame) + field(3, token) + field(4, "seed/1"))
+
+    small = field(1, b"\xff\xd8\xff\xe0" + b"\x00" * 12) + field(2, SPECS[0]) + field(3, 30000)
+
+    def req(call_id, pool=FRAME):
+        return pool + frame(call_id, 3, small)
+
+    def cancel(call_id):
+        return FRAME + frame(call_id, 7, b"")
+
+    ping = FRAME + frame(0, 8, field(1, 7))
+    token, open_ = b"\x01", b"\x00"  # settings: the processor requires a token, or not
+    return {
+        "calls-finish": token + hello() + req(1) + req(2) + ping + event(FINISH_OPEN) + event(FINISH_OPEN),
+        "queue-full": open_ + hello() + req(1) + req(2, POOL_FULL) + req(2) + event(FINISH_OPEN, 1),
+        "drain-with-calls": token + hello() + req(1) + req(2) + event(DRAIN) + req(3) + ping + event(FINISH_OPEN) + event(FINISH_OPEN),
+        "drain-idle": open_ + hello() + req(1) + event(FINISH_OPEN) + event(DRAIN) + req(2),
+        "drain-deadline": token + hello() + req(1) + req(2) + cancel(2) + event(DRAIN) + event(DRAIN_DEADLINE) + event(FINISH_STOPPED) + event(FINISH_STOPPED),
+        "deadline-without-drain": open_ + hello() + req(1) + event(DRAIN_DEADLINE) + event(FINISH_STOPPED),
+        "drain-before-hello": open_ + event(DRAIN) + hello() + req(1),
+        "cancel": open_ + hello() + req(1) + req(2) + cancel(1) + cancel(1) + event(FINISH_STOPPED) + cancel(1) + cancel(9) + cancel(0),
+        "duplicate-id": open_ + hello() + req(1) + req(1),
+        "zero-id": open_ + hello() + req(0),
+        "reused-id": open_ + hello() + req(1) + event(FINISH_OPEN) + req(1) + event(DRAIN),
+        "out-of-order": open_ + hello() + req(5) + req(3) + event(FINISH_ID, 5) + event(DRAIN) + req(4),
+        "second-hello": open_ + hello() + req(1) + hello(),
+        "wrong-version": open_ + hello(version=2) + req(1),
+        "bad-token": token + hello(token="nope") + req(1),
+        "small-frames": open_ + hello(max_frame=100),
+        "smallest-frames": open_ + hello(max_frame=4096) + req(1),
+        "request-first": open_ + req(1) + hello(),
+        "ping-first": open_ + ping + hello(),
+        "empty-first": open_ + FRAME + struct.pack(">I", 0) + hello(),
+        "client-error": open_ + hello() + req(1) + FRAME + frame(0, 6, field(1, 13) + field(2, "client gave up")),
+        "peer-gone": open_ + hello() + req(1) + req(2) + event(PEER_GONE) + event(FINISH_OPEN),
+        "handshake-timeout": open_ + event(HANDSHAKE_TIMER) + hello(),
+        "garbage": open_ + FRAME + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "too-large-before-hello": open_ + FRAME + struct.pack(">I", 70000),
+        "ignored-kinds": open_ + hello() + req(1) + FRAME + frame(0, 9, field(1, 7)) + FRAME + frame(1, 4, field(1, 0))
+        + FRAME + frame(0, 10, field(1, 1)) + FRAME + frame(1, 6, field(1, 3)) + FRAME + frame(0, 15, b"") + FRAME + struct.pack(">I", 0),
+    }
+
+
 def main():
-    for directory in (OUT / "frames", OUT / "specs"):
+    for directory in (OUT / "frames", OUT / "specs", OUT / "connection"):
         directory.mkdir(parents=True, exist_ok=True)
     jpeg = (REPO / ".test-images" / "edge" / "grey.jpg")
     source = jpeg.read_bytes() if jpeg.exists() else b"\xff\xd8\xff\xe0" + b"\x00" * 60
@@ -82,7 +139,10 @@ def main():
     for i, s in enumerate(SPECS):
         (OUT / "specs" / f"spec-{i}").write_bytes(struct.pack(">II", 4000, 3000) + s)
         (OUT / "specs" / f"spec-{i}-tall").write_bytes(struct.pack(">II", 7, 90000) + s)
-    print(f"wrote {len(frames)} frames and {2 * len(SPECS)} specs under {OUT}")
+    conversations = connection_seeds()
+    for name, data in conversations.items():
+        (OUT / "connection" / name).write_bytes(data)
+    print(f"wrote {len(frames)} frames, {2 * len(SPECS)} specs and {len(conversations)} conversations under {OUT}")
 
 
 if __name__ == "__main__":

@@ -11,25 +11,28 @@ import Synchronization
 /// Serves one client connection: the handshake, then calls multiplexed by id, each run as a
 /// job on the worker pool with its answers streamed back as they are made.
 ///
+/// What each event means is decided by a `ProcessorConnectionStateMachine` held in a `Mutex`;
+/// this class feeds it (frames, timers, calls ending, the drain) and performs the actions it
+/// returns once the lock is released: writing frames, running and stopping calls, closing.
+///
 /// Protocol errors (garbage, oversized frames, a wrong version, a bad token) get one Error
 /// frame on call 0 and a close; they never affect other connections.
 final class ProcessorConnectionHandler: Sendable {
+    private typealias StateMachine = ProcessorConnectionStateMachine<Call>
+
     private let asyncChannel: NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>
     private let server: ProcessorServer
     private let logger: Logger
-    private let state = Mutex(State())
+    private let state: Mutex<StateMachine>
 
-    private struct State {
-        var calls: [UInt64: Call] = [:]
-        var draining = false
-        var highestCallID: UInt64 = 0
-        var clientMaxFrameSize = PrismProtocol.defaultMaxFrameSize
-    }
-
-    private struct Call {
+    /// What the connection keeps of an admitted call: how to stop it and where its events go.
+    private struct Call: Sendable {
+        let request: Prism_V1_Request
         let cancellation: JobCancellation
         let events: AsyncStream<CallEvent>.Continuation
+        let stream: AsyncStream<CallEvent>
         let job: WorkerPool.Job
+        let timeout: Duration
     }
 
     private enum CallEvent: Sendable {
@@ -47,6 +50,7 @@ final class ProcessorConnectionHandler: Sendable {
     init(channel: NIOAsyncChannel<Prism_V1_Frame, Prism_V1_Frame>, server: ProcessorServer) {
         self.asyncChannel = channel
         self.server = server
+        self.state = Mutex(StateMachine(configuration: server.configuration))
         var logger = server.logger
         logger[metadataKey: "peer"] = "\(channel.channel.remoteAddress?.hostPort ?? "?")"
         self.logger = logger
@@ -62,16 +66,16 @@ final class ProcessorConnectionHandler: Sendable {
                     group.addTask {
                         // Cancelled (below) when the connection ends first.
                         guard (try? await self.server.draining.get()) != nil else { return }
-                        self.drain()
+                        await self.perform(self.state.withLock { $0.drainStarted() })
                     }
                     defer { group.cancelAll() }
                     do {
                         try await self.serve(inbound, group: &group)
                     } catch let error as FrameError {
-                        await self.closeWithError(self.refusal(for: error), detail: "\(error)")
+                        await self.perform(self.state.withLock { $0.undecodableBytes(error) }, detail: "\(error)")
                     }
                     // The peer is gone or broke the protocol: nobody is left to answer.
-                    self.cancelAllCalls()
+                    await self.perform(self.state.withLock { $0.connectionClosed() })
                 }
             }
         } catch {
@@ -79,168 +83,135 @@ final class ProcessorConnectionHandler: Sendable {
         }
     }
 
-    /// The handshake, then the frame loop.
+    /// The frame loop, from the Hello on, until the peer or the state machine ends it.
     private func serve(
         _ inbound: NIOAsyncChannelInboundStream<Prism_V1_Frame>,
         group: inout ThrowingDiscardingTaskGroup<any Error>
     ) async throws {
-        let config = self.server.configuration
-        let channel = self.channel
-        let handshakeTimer = channel.eventLoop.scheduleTask(in: .init(config.handshakeTimeout)) {
-            channel.close(promise: nil)
-        }
-        var frames = inbound.makeAsyncIterator()
-        guard let first = try await frames.next() else { return }
-        handshakeTimer.cancel()
-        // The decoder made the same check to decide whether to accept full-size frames.
-        if let refusal = Self.handshakeRefusal(first, configuration: config) {
-            return await self.closeWithError(refusal)
-        }
-        let hello = first.hello
-        let clientMax = hello.maxFrameSize == 0 ? PrismProtocol.defaultMaxFrameSize : Int(hello.maxFrameSize)
-        self.state.withLock { $0.clientMaxFrameSize = clientMax }
-
-        var reply = Prism_V1_Hello()
-        reply.protocolVersion = PrismProtocol.version
-        reply.maxFrameSize = UInt32(config.maxFrameSize)
-        reply.agent = "prism-processor/1"
-        reply.workers = UInt32(config.workers)
-        reply.queueCapacity = UInt32(config.queueCapacity)
-        self.send(.hello(reply))
-        self.logger.debug("client connected", metadata: ["agent": "\(hello.agent)"])
-
-        while let frame = try await frames.next() {
-            switch frame.kind {
-            case .request(let request):
-                switch self.admit(frame.callID, request) {
-                case .success(let admitted):
-                    group.addTask { await self.serveCall(frame.callID, request, admitted) }
-                case .failure(let error) where error.reason == .protocolViolation:
-                    return await self.closeWithError(error)
-                case .failure(let error):
-                    self.server.metrics.callFailed(code: error.code, reason: error.reason)
-                    self.send(.error(callID: frame.callID, error))
-                }
-            case .cancel:
-                let call = self.state.withLock { $0.calls[frame.callID] }
-                if let call {
-                    call.cancellation.cancel()
-                    call.events.yield(.cancelledByPeer)
-                }
-            case .ping(let ping):
-                self.send(.pong(ping.payload))
-            case .hello:
-                return await self.closeWithError(PrismRPCError(code: .failedPrecondition, reason: .protocolViolation, message: "A connection carries one Hello; a second one was received."))
-            case .error(let error) where frame.callID == 0:
-                self.logger.info("client closed the connection with an error", metadata: ["code": "\(error.code)", "message": "\(error.message)"])
-                return
-            case .pong, .response, .complete, .error, .goAway, nil:
-                break  // nothing to do, or a kind this version does not know: ignored
+        let handshakeTimer = self.channel.eventLoop.scheduleTask(in: .init(self.server.configuration.handshakeTimeout)) {
+            for action in self.state.withLock({ $0.handshakeTimerFired() }) {
+                _ = self.performAtOnce(action)
             }
         }
-    }
-
-    /// Why a connection's first frame does not open it, or nil when it is a Hello this
-    /// processor accepts. Also run by the frame decoder, which raises its size limit only for a
-    /// first frame that passes.
-    static func handshakeRefusal(_ first: Prism_V1_Frame, configuration config: ProcessorConfiguration) -> PrismRPCError? {
-        guard case .hello(let hello) = first.kind, first.callID == 0 else {
-            return PrismRPCError(code: .failedPrecondition, reason: .protocolViolation, message: "The first frame on a connection must be a Hello on call 0.")
-        }
-        guard hello.protocolVersion == PrismProtocol.version else {
-            return PrismRPCError(
-                code: .failedPrecondition,
-                reason: .unsupportedVersion,
-                message: "This processor speaks Prism protocol version \(PrismProtocol.version); the client sent version \(hello.protocolVersion)."
-            )
-        }
-        if let token = config.authToken, !constantTimeEquals(token, hello.authToken) {
-            return PrismRPCError(code: .unauthenticated, message: "The Hello did not carry this processor's auth token; configure the client with the right token.")
-        }
-        guard hello.maxFrameSize == 0 || hello.maxFrameSize >= PrismProtocol.minimumMaxFrameSize else {
-            return PrismRPCError(code: .invalidArgument, reason: .protocolViolation, message: "max_frame_size must be at least \(PrismProtocol.minimumMaxFrameSize) bytes.")
-        }
-        return nil
-    }
-
-    /// The Error frame for bytes that cannot be read as frames.
-    private func refusal(for error: FrameError) -> PrismRPCError {
-        switch error {
-        case .tooLarge(let length, let limit) where limit < self.server.configuration.maxFrameSize:
-            return PrismRPCError(
-                code: .resourceExhausted,
-                reason: .frameTooLarge,
-                message: "A frame of \(length) bytes arrived before the Hello; until a valid Hello a connection may send at most \(limit) bytes per frame."
-            )
-        case .tooLarge(let length, let limit):
-            return PrismRPCError(
-                code: .resourceExhausted,
-                reason: .frameTooLarge,
-                message: "A frame of \(length) bytes was announced; this processor accepts at most \(limit) bytes per frame."
-            )
-        case .malformed:
-            return PrismRPCError(
-                code: .invalidArgument,
-                reason: .protocolViolation,
-                message: "The bytes received are not Prism protocol frames; check that the client speaks the Prism processor protocol, version \(PrismProtocol.version)."
-            )
+        defer { handshakeTimer.cancel() }
+        var awaitingHello = true
+        for try await frame in inbound {
+            if awaitingHello {
+                // Answered or refused: either way the timer has nothing left to do.
+                handshakeTimer.cancel()
+                awaitingHello = false
+            }
+            let actions = self.state.withLock { machine in
+                machine.frameReceived(frame) { callID, request, budget in
+                    let call = self.makeCall(request, imageBudget: budget)
+                    return self.server.pool.submit(call.job) ? call : nil
+                }
+            }
+            let keepReading = await self.perform(actions) { callID, call in
+                group.addTask { await self.serveCall(callID, call) }
+            }
+            guard keepReading else { return }
         }
     }
 
-    /// Decides whether a new call may start; when it may, registers it and hands its job to the
-    /// worker pool.
+    // MARK: Performing the state machine's actions
+
+    /// Performs `actions` in order, outside the state machine's lock.
     ///
-    /// The checks, the pool's admission and the registration happen under the lock `drain`
-    /// takes to send GoAway, so no call is admitted after GoAway and `last_call_id` covers every
-    /// call that was.
-    private func admit(_ callID: UInt64, _ request: Prism_V1_Request) -> Result<AdmittedCall, PrismRPCError> {
+    /// - Parameters:
+    ///   - detail: what to log about a connection-level error, when it is not its message.
+    ///   - startCall: runs an admitted call; only the read loop admits calls.
+    /// - Returns: false when the connection is closed and its read loop should stop.
+    @discardableResult
+    private func perform(
+        _ actions: [StateMachine.Action],
+        detail: String? = nil,
+        startCall: (UInt64, Call) -> Void = { _, _ in assertionFailure("a call was admitted outside the read loop") }
+    ) async -> Bool {
+        var keepReading = true
+        for action in actions {
+            switch action {
+            case .startCall(let callID, let call):
+                startCall(callID, call)
+            case .closeWithError(let error):
+                // Awaited: the Error frame must reach the socket before the close, and before
+                // the calls are stopped (their own Error frames would go out first otherwise).
+                self.logClosing(error, detail: detail)
+                try? await self.channel.writeAndFlush(Prism_V1_Frame.error(callID: 0, error)).get()
+                try? await self.channel.close()
+                keepReading = false
+            default:
+                keepReading = self.performAtOnce(action) && keepReading
+            }
+        }
+        return keepReading
+    }
+
+    /// Performs one action without waiting for it. Returns false when it closes the connection.
+    private func performAtOnce(_ action: StateMachine.Action) -> Bool {
+        switch action {
+        case .sendHello(let hello, let clientAgent):
+            self.send(.hello(hello))
+            self.logger.debug("client connected", metadata: ["agent": "\(clientAgent)"])
+        case .send(let frame):
+            self.send(frame)
+        case .refuseCall(let callID, let error):
+            self.server.metrics.callFailed(code: error.code, reason: error.reason)
+            self.send(.error(callID: callID, error))
+        case .stopCall(_, let call, let reason):
+            call.cancellation.cancel()
+            switch reason {
+            case .cancelledByClient, .connectionClosed: call.events.yield(.cancelledByPeer)
+            case .drainDeadline: call.events.yield(.shutDown)
+            }
+        case .halfClose:
+            // Once every frame written so far has gone out.
+            self.channel.close(mode: .output, promise: nil)
+        case .close(let closing):
+            if case .clientError(let error) = closing {
+                self.logger.info("client closed the connection with an error", metadata: ["code": "\(error.code)", "message": "\(error.message)"])
+            }
+            self.channel.close(promise: nil)
+            return false
+        case .closeWithError(let error):
+            self.logClosing(error, detail: nil)
+            let channel = self.channel
+            channel.writeAndFlush(Prism_V1_Frame.error(callID: 0, error)).whenComplete { _ in channel.close(promise: nil) }
+            return false
+        case .startCall:
+            assertionFailure("a call was admitted outside the read loop")
+        }
+        return true
+    }
+
+    private func logClosing(_ error: PrismRPCError, detail: String?) {
+        self.server.metrics.protocolError(error.reason)
+        self.logger.info("closing connection", metadata: ["code": "\(error.code.label)", "reason": "\(error.reason.label)", "detail": "\(detail ?? error.message)"])
+    }
+
+    // MARK: Calls
+
+    /// A call's job, its cancellation and its event stream, ready to submit to the worker pool.
+    private func makeCall(_ request: Prism_V1_Request, imageBudget: Int) -> Call {
         let config = self.server.configuration
         let timeout = request.timeoutMs == 0 ? config.defaultTimeout : min(.milliseconds(Int64(request.timeoutMs)), config.maxTimeout)
-        let deadline = ContinuousClock.now + timeout
-        let cancellation = JobCancellation(deadline: deadline)
-        let (events, continuation) = AsyncStream<CallEvent>.makeStream()
-        let clientMax = self.state.withLock { $0.clientMaxFrameSize }
-        let job = self.makeJob(request, clientMaxFrameSize: clientMax, cancellation: cancellation, events: continuation)
-        let call = Call(cancellation: cancellation, events: continuation, job: job)
-
-        return self.state.withLock { state -> Result<AdmittedCall, PrismRPCError> in
-            if callID == 0 || state.calls[callID] != nil {
-                return .failure(PrismRPCError(code: .invalidArgument, reason: .protocolViolation, message: "Call id \(callID) is zero or belongs to a call still open; number calls 1, 2, 3..."))
-            }
-            if state.draining {
-                return .failure(PrismRPCError(code: .unavailable, reason: .shuttingDown, message: "This processor is shutting down; send the call to another one.", isRetryable: true))
-            }
-            guard self.server.pool.submit(job) else {
-                return .failure(PrismRPCError(
-                    code: .resourceExhausted,
-                    reason: .queueFull,
-                    message: "Every worker is busy and the queue of \(config.queueCapacity) calls is full; retry later or on another processor.",
-                    isRetryable: true
-                ))
-            }
-            state.highestCallID = max(state.highestCallID, callID)
-            state.calls[callID] = call
-            return .success(AdmittedCall(call: call, events: events, timeout: timeout))
-        }
-    }
-
-    private struct AdmittedCall: Sendable {
-        let call: Call
-        let events: AsyncStream<CallEvent>
-        let timeout: Duration
+        let cancellation = JobCancellation(deadline: ContinuousClock.now + timeout)
+        let (stream, events) = AsyncStream<CallEvent>.makeStream()
+        let job = self.makeJob(request, imageBudget: imageBudget, cancellation: cancellation, events: events)
+        return Call(request: request, cancellation: cancellation, events: events, stream: stream, job: job, timeout: timeout)
     }
 
     /// The worker-pool job of one call: runs the image job and reports through `events`.
     private func makeJob(
         _ request: Prism_V1_Request,
-        clientMaxFrameSize: Int,
+        imageBudget: Int,
         cancellation: JobCancellation,
         events: AsyncStream<CallEvent>.Continuation
     ) -> WorkerPool.Job {
         let metrics = self.server.metrics
         var limits = self.server.configuration.limits
         // Each answer must fit in one frame the client accepts, with the Response's own fields.
-        limits.maxOutputBytes = min(limits.maxOutputBytes, clientMaxFrameSize - PrismProtocol.maxResponseOverhead)
+        limits.maxOutputBytes = min(limits.maxOutputBytes, imageBudget)
         let job = ImageJob(source: request.source, variants: request.variants, limits: limits, placeholder: request.placeholder)
         return WorkerPool.Job(isAbandoned: { cancellation.isStopped }) { queued in
             let clock = ContinuousClock()
@@ -269,7 +240,8 @@ final class ProcessorConnectionHandler: Sendable {
     }
 
     /// Runs one call: the job on a worker thread, its results streamed back as frames.
-    private func serveCall(_ callID: UInt64, _ request: Prism_V1_Request, _ admitted: AdmittedCall) async {
+    private func serveCall(_ callID: UInt64, _ call: Call) async {
+        let request = call.request
         let metrics = self.server.metrics
         let clock = ContinuousClock()
         let start = clock.now
@@ -279,11 +251,11 @@ final class ProcessorConnectionHandler: Sendable {
         metrics.callsStarted.increment()
         metrics.sourceBytes.increment(by: Int64(request.source.count))
 
-        let cancellation = admitted.call.cancellation
-        let events = admitted.call.events
+        let cancellation = call.cancellation
+        let events = call.events
         // Answer at the deadline even if the job is still queued or in an encoder that cannot
         // be interrupted; the job itself sees the same deadline and stops at its next check.
-        let timer = self.channel.eventLoop.scheduleTask(in: .init(admitted.timeout)) {
+        let timer = self.channel.eventLoop.scheduleTask(in: .init(call.timeout)) {
             events.yield(.timedOut)
         }
         defer { timer.cancel() }
@@ -291,7 +263,7 @@ final class ProcessorConnectionHandler: Sendable {
         var ending: (code: Prism_V1_Code, reason: Prism_V1_Reason) = (.ok, .unspecified)
         var last: Prism_V1_Frame? = nil
         await withTaskCancellationHandler {
-            loop: for await event in admitted.events {
+            loop: for await event in call.stream {
                 switch event {
                 case .variant(let variant):
                     var response = Prism_V1_Response()
@@ -346,7 +318,7 @@ final class ProcessorConnectionHandler: Sendable {
         }
         // A call that ended before its job started gives its place in the queue back now, not
         // when a worker would have reached it.
-        self.server.pool.withdraw(admitted.call.job)
+        self.server.pool.withdraw(call.job)
 
         // Count the call before its last frame goes out: whoever sees the answer sees the count.
         let duration = clock.now - start
@@ -361,49 +333,14 @@ final class ProcessorConnectionHandler: Sendable {
             "code": "\(ending.code.label)", "variants": "\(request.variants.count)",
             "bytes_in": "\(request.source.count)", "ms": "\(duration.microseconds / 1000)",
         ])
-        self.finishCall(callID)
-    }
-
-    /// Forgets a finished call; closes the connection when it was the last one of a drain.
-    private func finishCall(_ callID: UInt64) {
-        let closeNow = self.state.withLock { state -> Bool in
-            state.calls.removeValue(forKey: callID)
-            return state.draining && state.calls.isEmpty
-        }
-        if closeNow { self.closeAfterWrites() }
-    }
-
-    /// Sends GoAway; the connection closes once its calls have finished.
-    private func drain() {
-        let (lastCallID, idle) = self.state.withLock { state -> (UInt64, Bool) in
-            state.draining = true
-            return (state.highestCallID, state.calls.isEmpty)
-        }
-        self.send(.goAway(lastCallID: lastCallID, reason: "processor shutting down"))
-        if idle { self.closeAfterWrites() }
+        // Only now is the id free: the final frame is on its way first.
+        await self.perform(self.state.withLock { $0.callFinished(callID) })
     }
 
     /// Ends every call still open with UNAVAILABLE/SHUTTING_DOWN and stops its work: the drain
-    /// deadline has passed. The connection closes once their last frames are written.
-    func endCallsAtDrainDeadline() {
-        let calls = self.state.withLock { state -> [Call] in
-            state.draining = true
-            return Array(state.calls.values)
-        }
-        for call in calls {
-            call.cancellation.cancel()
-            call.events.yield(.shutDown)
-        }
-        if calls.isEmpty { self.closeAfterWrites() }
-    }
-
-    /// Stops every call of this connection (the peer is gone).
-    private func cancelAllCalls() {
-        let calls = self.state.withLock { Array($0.calls.values) }
-        for call in calls {
-            call.cancellation.cancel()
-            call.events.yield(.cancelledByPeer)
-        }
+    /// deadline has passed. The connection half-closes once their last frames are written.
+    func endCallsAtDrainDeadline() async {
+        await self.perform(self.state.withLock { $0.drainDeadlinePassed() })
     }
 
     // MARK: Writing
@@ -412,29 +349,4 @@ final class ProcessorConnectionHandler: Sendable {
         // Straight to the channel: writes from calls and the read loop keep their order.
         self.channel.writeAndFlush(frame, promise: nil)
     }
-
-    /// Half-closes once every frame written so far has gone out: the client reads them all, sees
-    /// the end of the stream, and closes its side.
-    private func closeAfterWrites() {
-        self.channel.close(mode: .output, promise: nil)
-    }
-
-    /// Sends one connection-level Error frame and closes once it is written.
-    private func closeWithError(_ error: PrismRPCError, detail: String? = nil) async {
-        self.server.metrics.protocolError(error.reason)
-        self.logger.info("closing connection", metadata: ["code": "\(error.code.label)", "reason": "\(error.reason.label)", "detail": "\(detail ?? error.message)"])
-        try? await self.channel.writeAndFlush(Prism_V1_Frame.error(callID: 0, error)).get()
-        try? await self.channel.close()
-    }
-}
-
-/// Compares secrets without an early exit, so response timing does not reveal a prefix.
-private func constantTimeEquals(_ a: String, _ b: String) -> Bool {
-    let x = Array(a.utf8)
-    let y = Array(b.utf8)
-    var difference = UInt8(x.count == y.count ? 0 : 1)
-    for i in 0..<max(x.count, y.count) {
-        difference |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)
-    }
-    return difference == 0
 }

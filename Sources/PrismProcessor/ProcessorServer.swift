@@ -98,7 +98,7 @@ public final class ProcessorServer: Service, Sendable {
             .bind(host: config.host, port: config.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let decoder = FrameDecoder(maxFrameSize: maxFrameSize) { first in
-                        ProcessorConnectionHandler.handshakeRefusal(first, configuration: config) == nil
+                        ProcessorHandshake.refusal(first, configuration: config) == nil
                     }
                     if let tls {
                         // First, so frames go through TLS unchanged. The pre-Hello timer of the
@@ -197,7 +197,7 @@ public final class ProcessorServer: Service, Sendable {
             guard live() > 0 else { return }
             self.logger.warning("drain timeout: ending the calls still running", metadata: ["calls": "\(self.pool.load)"])
             let handlers = self.liveConnections.withLock { Array($0.handlers.values) }
-            for handler in handlers { handler.endCallsAtDrainDeadline() }
+            for handler in handlers { await handler.endCallsAtDrainDeadline() }
             // Time for those last frames to be written; then whatever is left is cut off.
             let grace = ContinuousClock.now + .seconds(1)
             while live() > 0, ContinuousClock.now < grace {
