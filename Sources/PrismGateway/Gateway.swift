@@ -200,37 +200,6 @@ public final class Gateway: Sendable {
         }
     }
 
-    private func addFileRoutes(_ router: Router<GatewayContext>, store: LocalDiskStore) {
-        let cacheControl = self.configuration.cacheControl
-        let keys = self.configuration.apiKeys.isEmpty ? nil : APIKeyMiddleware(keys: self.configuration.apiKeys)
-        router.get("files/**") { request, context -> Response in
-            let parts = context.parameters.getCatchAll()
-            let key = parts.joined(separator: "/")
-            // With API keys on, originals (EXIF, GPS) and manifests need a key; variants stay
-            // public, as a CDN in front expects.
-            if let keys, parts.count == 3, parts[2].hasPrefix("original.") || parts[2] == "manifest.json", !keys.authorized(request) {
-                throw GatewayError.unauthorized
-            }
-            // Files being written are temporaries named ".name.uuid.tmp": never served.
-            guard !parts.contains(where: { $0.hasPrefix(".") }), let url = store.fileURL(for: key), let data = try await store.get(key: key) else {
-                throw GatewayError.notFound("No such file.")
-            }
-            let attributes = try? FileManager.default.attributesOfItem(atPath: url.path)
-            let modified = (attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
-            let etag = "W/\"\(data.count)-\(Int(modified * 1000))\""
-            var headers: HTTPFields = [
-                .contentType: contentType(forKey: key),
-                .cacheControl: key.hasSuffix("manifest.json") ? "no-cache" : cacheControl,
-                .eTag: etag,
-            ]
-            if request.headers[.ifNoneMatch] == etag {
-                return Response(status: .notModified, headers: headers)
-            }
-            headers[.contentLength] = "\(data.count)"
-            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
-        }
-    }
-
     // MARK: Upload
 
     private func upload(_ request: Request, context: GatewayContext) async throws -> Response {

@@ -20,6 +20,8 @@ public struct GatewayError: Error, HTTPResponseError, Sendable {
     public var closeConnection = false
     /// `Allow` for a 405.
     public var allow: String?
+    /// `Content-Range` for a 416 (`bytes */size`).
+    public var contentRange: String?
 
     public init(_ status: HTTPResponse.Status, _ kind: String, _ title: String, detail: String, retryAfter: Int? = nil, variant: String? = nil) {
         self.status = status
@@ -36,6 +38,7 @@ public struct GatewayError: Error, HTTPResponseError, Sendable {
         if self.status == .unauthorized { headers[.wwwAuthenticate] = "Bearer realm=\"prism\"" }
         if self.closeConnection { headers[.connection] = "close" }
         if let allow = self.allow { headers[.allow] = allow }
+        if let contentRange = self.contentRange { headers[.contentRange] = contentRange }
         return Response(status: self.status, headers: headers, body: .init(byteBuffer: self.jsonBody(instance: request.uri.path)))
     }
 
@@ -89,6 +92,13 @@ public struct GatewayError: Error, HTTPResponseError, Sendable {
 
     static let deadline = GatewayError(.gatewayTimeout, "deadline-exceeded", "Processing took too long",
         detail: "The variants were not ready within this server's time limit; nothing was kept. Retry with a smaller image or a lighter recipe.")
+
+    static func rangeNotSatisfiable(size: Int) -> GatewayError {
+        var error = GatewayError(.rangeNotSatisfiable, "range-not-satisfiable", "Range not satisfiable",
+            detail: "The requested byte range starts beyond the file's \(size) bytes; ask for a range within them, or omit Range for the whole file.")
+        error.contentRange = "bytes */\(size)"
+        return error
+    }
 
     static let internalError = GatewayError(.internalServerError, "internal", "Internal error",
         detail: "Something went wrong on our side; nothing was kept. Retry, and report it if it persists.")
