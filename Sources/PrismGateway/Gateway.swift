@@ -118,6 +118,10 @@ public final class Gateway: Sendable {
         // Metrics outside Problem: every failure has become a GatewayError with its real status
         // (404, 405, 408, 499...) by the time it is counted and logged.
         router.add(middleware: MetricsMiddleware(metrics: self.metrics))
+        // Inside metrics (preflights are counted), outside Problem (errors get CORS headers).
+        if self.configuration.cors.isEnabled {
+            router.add(middleware: CORSMiddleware(policy: self.configuration.cors))
+        }
         router.add(middleware: ProblemMiddleware(logger: self.logger, servesFiles: self.store is LocalDiskStore))
         self.addOperationalRoutes(router)
         if case .local = self.configuration.storage, let local = self.store as? LocalDiskStore {

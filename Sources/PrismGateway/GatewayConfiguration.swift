@@ -38,6 +38,8 @@ public struct GatewayConfiguration: Sendable {
     public var cacheControl: String = "public, max-age=31536000, immutable"
     public var storage: Storage = .local(directory: "./data", publicBaseURL: nil)
     public var processors = ProcessorPoolConfiguration()
+    /// Origins whose pages may call the API from a browser; empty: no CORS headers at all.
+    public var cors = CORSPolicy()
     /// How an upload's variants are spread over processors (see `VariantPlanner`).
     public var split: SplitPolicy = .auto
 

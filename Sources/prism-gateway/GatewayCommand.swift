@@ -213,6 +213,9 @@ struct GatewayOptions: ParsableArguments {
     @Option(help: "Sweep inside the gateway this often; default off (run 'prism-gateway sweep' from cron instead). (env PRISM_SWEEP_INTERVAL)")
     var sweepInterval: DurationSetting?
 
+    @Option(help: "Origins whose pages may call the API from a browser (CORS), comma-separated, e.g. https://app.example.com; * for any. (env PRISM_CORS_ORIGINS; default none: no CORS headers)")
+    var corsOrigins: String?
+
     @Flag(help: "Check the settings (flags, environment, recipes), print them and exit without starting.")
     var checkConfig = false
 
@@ -316,6 +319,12 @@ struct GatewayOptions: ParsableArguments {
         if let interval = config.sweepInterval {
             try Settings.check(interval, in: .seconds(1)...(.seconds(86_400 * 7)), "--sweep-interval (PRISM_SWEEP_INTERVAL)")
         }
+        let origins = (try settings.optional(self.corsOrigins, env: "PRISM_CORS_ORIGINS") ?? "")
+            .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        for origin in origins {
+            if let problem = CORSPolicy.problem(origin) { throw ValidationError("--cors-origins (PRISM_CORS_ORIGINS): \(problem)") }
+        }
+        config.cors = CORSPolicy(origins: origins)
         _ = try settings.value(self.drainTimeout, env: "PRISM_DRAIN_TIMEOUT", default: DurationSetting(.seconds(30)))
 
         var summary: [(String, String)] = [
@@ -333,6 +342,7 @@ struct GatewayOptions: ParsableArguments {
             ("max_connections", "\(config.http.maxConnections)"), ("max_upload_memory", "\(config.maxUploadMemory)"),
             ("spool", "\(config.spoolDirectory), at most \(config.maxSpoolBytes) bytes"),
             ("sweep_grace", "\(config.sweepGrace)"), ("sweep_interval", config.sweepInterval.map { "\($0)" } ?? "off"),
+            ("cors_origins", config.cors.isEnabled ? config.cors.origins.joined(separator: ",") : "off"),
         ]
         switch config.storage {
         case .local(let directory, let base): summary.append(("storage", "local \(directory) \(base ?? "")"))

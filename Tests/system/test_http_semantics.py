@@ -1,5 +1,5 @@
 """HTTP semantics of the real gateway binary: stored files as a static origin (HEAD, the
-manifest's ETag, 304s, ranges), checked with curl as a user would,"""
+manifest's ETag, 304s, ranges), checked with curl as a user would, and CORS preflights."""
 import email.utils
 import hashlib
 import subprocess
@@ -12,6 +12,7 @@ import requests
 from conftest import photo
 
 CACHE_CONTROL = "public, max-age=600"
+ORIGIN = "https://app.example.com"
 
 
 def curl(*args):
@@ -171,3 +172,77 @@ def test_with_api_keys_head_of_originals_needs_a_key_and_variants_stay_public(se
         assert curl("-H", "Range: bytes=0-9", url)[0] == 401
     for variant in manifest["variants"]:
         assert curl("-I", variant["url"])[0] == 200
+
+
+# CORS
+
+
+def preflight(url, origin, method="POST", headers="authorization,content-type,idempotency-key"):
+    return curl("-X", "OPTIONS", "-H", f"Origin: {origin}", "-H", f"Access-Control-Request-Method: {method}",
+                "-H", f"Access-Control-Request-Headers: {headers}", url)
+
+
+def test_cors_preflight_from_an_allowed_origin_and_not_from_others(services):
+    processor = services.processor()
+    gateway = services.gateway([processor], "--cors-origins", f"{ORIGIN}, https://admin.example.com")
+    gateway.wait_processors(1)
+    status, headers, body = preflight(gateway.url + "/v1/images", ORIGIN)
+    assert status == 204 and body == b""
+    assert headers["access-control-allow-origin"] == ORIGIN
+    assert "POST" in headers["access-control-allow-methods"]
+    allowed = {h.strip().lower() for h in headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "idempotency-key", "x-request-id"} <= allowed
+    assert int(headers["access-control-max-age"]) > 0
+    assert "origin" in headers["vary"].lower()
+    assert "access-control-allow-credentials" not in headers
+
+    # Another origin: no allow header, on the preflight or on the actual request.
+    status, headers, _ = preflight(gateway.url + "/v1/images", "https://evil.example.net")
+    assert "access-control-allow-origin" not in headers and status != 204
+    r = requests.get(gateway.url + "/v1/recipes", headers={"Origin": "https://evil.example.net"}, timeout=10)
+    assert r.status_code == 200 and "Access-Control-Allow-Origin" not in r.headers
+
+    # Actual requests from the allowed origin: a success, an error, a stored file.
+    with open(photo("Garden.jpg"), "rb") as f:
+        r = requests.post(gateway.url + "/v1/images", files={"file": ("Garden.jpg", f)},
+                          headers={"Origin": ORIGIN}, timeout=60)
+    assert r.status_code == 201
+    assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
+    exposed = {h.strip().lower() for h in r.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"location", "x-request-id", "retry-after", "idempotent-replayed"} <= exposed
+    assert "origin" in r.headers["Vary"].lower()
+    missing = requests.get(gateway.url + "/v1/images/" + str(uuid.uuid4()), headers={"Origin": ORIGIN}, timeout=10)
+    assert missing.status_code == 404 and missing.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert missing.headers["Content-Type"] == "application/problem+json"
+    status, headers, _ = curl("-I", "-H", f"Origin: {ORIGIN}", r.json()["variants"][0]["url"])
+    assert status == 200 and headers["access-control-allow-origin"] == ORIGIN
+    assert "etag" in headers["access-control-expose-headers"].lower()
+    # The preflights and the 404 are in the metrics with their real status.
+    text = gateway.metrics()
+    assert 'method="OPTIONS",status="204"' in text and 'status="404"' in text
+
+
+def test_cors_any_origin_and_off_by_default(services):
+    processor = services.processor()
+    anyone = services.gateway([processor], "--cors-origins", "*")
+    status, headers, _ = preflight(anyone.url + "/v1/images", "https://whoever.example")
+    assert status == 204 and headers["access-control-allow-origin"] == "*"
+    r = requests.get(anyone.url + "/v1/recipes", headers={"Origin": "https://whoever.example"}, timeout=10)
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+    closed = services.gateway([processor])
+    status, headers, _ = preflight(closed.url + "/v1/images", ORIGIN)
+    assert not any(name.startswith("access-control-") for name in headers)
+    r = requests.get(closed.url + "/v1/recipes", headers={"Origin": ORIGIN}, timeout=10)
+    assert not any(name.lower().startswith("access-control-") for name in r.headers)
+
+
+def test_cors_origins_are_checked_at_start():
+    from conftest import BIN
+    result = subprocess.run([str(BIN / "prism-gateway"), "--check-config", "--processors", "127.0.0.1:1",
+                             "--cors-origins", "app.example.com/path"], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "--cors-origins" in result.stderr and "scheme://host" in result.stderr
+    result = subprocess.run([str(BIN / "prism-gateway"), "--check-config", "--processors", "127.0.0.1:1",
+                             "--cors-origins", f"{ORIGIN},*"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
