@@ -37,6 +37,8 @@ public final class Gateway: Sendable {
     let metrics: GatewayMetrics
     let logger: Logger
     let coordinator: UploadCoordinator
+    /// Idempotency-Key records (see `IdempotencyStore`).
+    let idempotency: IdempotencyStore
     /// Uploads past their body and being processed (bounded by `maxConcurrentUploads`).
     private let activeUploads = Mutex(0)
     /// Bytes of upload bodies held in memory, received or being processed.
@@ -68,6 +70,10 @@ public final class Gateway: Sendable {
             self.store = try S3Store(configuration: s3, curl: curl)
         }
         self.coordinator = UploadCoordinator(pool: self.pool, store: self.store, configuration: configuration, metrics: self.metrics)
+        self.idempotency = IdempotencyStore(
+            store: self.store, retention: configuration.idempotencyRetention,
+            runningLimit: configuration.uploadTimeout + configuration.cleanupTimeout + .seconds(5)
+        )
         self.bodyBudget = ByteBudget(limit: configuration.maxUploadMemory)
         self.spool = BodySpool(directory: configuration.spoolDirectory, budget: ByteBudget(limit: configuration.maxSpoolBytes))
     }
@@ -212,6 +218,7 @@ public final class Gateway: Sendable {
             let known = self.recipes.recipes.keys.sorted().joined(separator: ", ")
             throw GatewayError.badRequest("There is no recipe named '\(recipeName)'; known recipes: \(known).")
         }
+        let idempotencyKey = try IdempotencyStore.key(from: request)
         // The body first, counted in bytes against the memory budget as it arrives: a client
         // that trickles holds only what it has sent, never a slot that fast clients need. What
         // does not fit goes to the spool and comes back when there is room (waiting at most
@@ -226,6 +233,15 @@ public final class Gateway: Sendable {
         )
         if spooled { self.metrics.uploadsSpooled.increment() }
         self.metrics.stage("receive", clock.now - receiving)
+        var ticket: IdempotencyStore.Ticket?
+        if let idempotencyKey {
+            switch try await self.claim(idempotencyKey, request: request, recipe: recipe, image: source, logger: context.logger) {
+            case .replay(let id, let manifest):
+                return Self.replay(id: id, manifest: manifest)
+            case .run(let claimed):
+                ticket = claimed
+            }
+        }
 
         // Then a processing slot: only uploads whose whole body is here compete for these.
         let admitted = self.activeUploads.withLock { count -> Bool in
@@ -233,15 +249,20 @@ public final class Gateway: Sendable {
             count += 1
             return true
         }
-        guard admitted else { throw GatewayError.overloaded }
+        guard admitted else {
+            if let ticket { await self.idempotency.abandon(ticket, logger: context.logger) }
+            throw GatewayError.overloaded
+        }
         self.metrics.uploadsInFlight.increment()
         defer {
             self.activeUploads.withLock { $0 -= 1 }
             self.metrics.uploadsInFlight.decrement()
         }
 
-        let manifest = try await self.cancelledIfClientLeaves(context.channel, logger: context.logger) {
-            try await self.coordinator.upload(source, recipe: recipe, requestID: context.requestID, logger: context.logger)
+        let manifest = try await self.cancelledIfClientLeaves(context.channel, logger: context.logger) { [ticket] in
+            try await self.idempotency.recording(ticket, logger: context.logger) {
+                try await self.coordinator.upload(source, recipe: recipe, requestID: context.requestID, logger: context.logger)
+            }
         }
         self.metrics.uploadsSucceeded.increment()
         context.logger.info("upload stored", metadata: ["image_id": "\(manifest.id)", "recipe": "\(recipe.name)", "bytes": "\(source.readableBytes)"])

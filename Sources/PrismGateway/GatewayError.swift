@@ -100,6 +100,15 @@ public struct GatewayError: Error, HTTPResponseError, Sendable {
         return error
     }
 
+    static let invalidIdempotencyKey = GatewayError(.badRequest, "invalid-idempotency-key", "Invalid Idempotency-Key",
+        detail: "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces, e.g. a UUID.")
+
+    static let idempotencyKeyInUse = GatewayError(.conflict, "idempotency-key-in-use", "Upload with this Idempotency-Key still running",
+        detail: "An upload with this Idempotency-Key is still being processed; retry after a moment to get its answer.", retryAfter: 2)
+
+    static let idempotencyKeyReused = GatewayError(.unprocessableContent, "idempotency-key-reused", "Idempotency-Key reused for another request",
+        detail: "This Idempotency-Key was already used with a different image or recipe; use a new key for a new upload.")
+
     static let internalError = GatewayError(.internalServerError, "internal", "Internal error",
         detail: "Something went wrong on our side; nothing was kept. Retry, and report it if it persists.")
 

@@ -216,6 +216,9 @@ struct GatewayOptions: ParsableArguments {
     @Option(help: "Origins whose pages may call the API from a browser (CORS), comma-separated, e.g. https://app.example.com; * for any. (env PRISM_CORS_ORIGINS; default none: no CORS headers)")
     var corsOrigins: String?
 
+    @Option(help: "How long an Idempotency-Key is remembered; a retry within it answers the first upload's manifest. (env PRISM_IDEMPOTENCY_RETENTION; default 24h)")
+    var idempotencyRetention: DurationSetting?
+
     @Flag(help: "Check the settings (flags, environment, recipes), print them and exit without starting.")
     var checkConfig = false
 
@@ -325,6 +328,8 @@ struct GatewayOptions: ParsableArguments {
             if let problem = CORSPolicy.problem(origin) { throw ValidationError("--cors-origins (PRISM_CORS_ORIGINS): \(problem)") }
         }
         config.cors = CORSPolicy(origins: origins)
+        config.idempotencyRetention = try settings.value(self.idempotencyRetention, env: "PRISM_IDEMPOTENCY_RETENTION", default: DurationSetting(config.idempotencyRetention)).duration
+        try Settings.check(config.idempotencyRetention, in: .seconds(60)...(.seconds(86_400 * 30)), "--idempotency-retention (PRISM_IDEMPOTENCY_RETENTION)")
         _ = try settings.value(self.drainTimeout, env: "PRISM_DRAIN_TIMEOUT", default: DurationSetting(.seconds(30)))
 
         var summary: [(String, String)] = [
@@ -343,6 +348,7 @@ struct GatewayOptions: ParsableArguments {
             ("spool", "\(config.spoolDirectory), at most \(config.maxSpoolBytes) bytes"),
             ("sweep_grace", "\(config.sweepGrace)"), ("sweep_interval", config.sweepInterval.map { "\($0)" } ?? "off"),
             ("cors_origins", config.cors.isEnabled ? config.cors.origins.joined(separator: ",") : "off"),
+            ("idempotency_retention", "\(config.idempotencyRetention)"),
         ]
         switch config.storage {
         case .local(let directory, let base): summary.append(("storage", "local \(directory) \(base ?? "")"))
