@@ -37,6 +37,8 @@ public final class Gateway: Sendable {
     let metrics: GatewayMetrics
     let logger: Logger
     let coordinator: UploadCoordinator
+    /// Idempotency-Key records (see `IdempotencyStore`).
+    let idempotency: IdempotencyStore
     /// Uploads past their body and being processed (bounded by `maxConcurrentUploads`).
     private let activeUploads = Mutex(0)
     /// Bytes of upload bodies held in memory, received or being processed.
@@ -68,6 +70,10 @@ public final class Gateway: Sendable {
             self.store = try S3Store(configuration: s3, curl: curl)
         }
         self.coordinator = UploadCoordinator(pool: self.pool, store: self.store, configuration: configuration, metrics: self.metrics)
+        self.idempotency = IdempotencyStore(
+            store: self.store, retention: configuration.idempotencyRetention,
+            runningLimit: configuration.uploadTimeout + configuration.cleanupTimeout + .seconds(5)
+        )
         self.bodyBudget = ByteBudget(limit: configuration.maxUploadMemory)
         self.spool = BodySpool(directory: configuration.spoolDirectory, budget: ByteBudget(limit: configuration.maxSpoolBytes))
     }
@@ -118,6 +124,10 @@ public final class Gateway: Sendable {
         // Metrics outside Problem: every failure has become a GatewayError with its real status
         // (404, 405, 408, 499...) by the time it is counted and logged.
         router.add(middleware: MetricsMiddleware(metrics: self.metrics))
+        // Inside metrics (preflights are counted), outside Problem (errors get CORS headers).
+        if self.configuration.cors.isEnabled {
+            router.add(middleware: CORSMiddleware(policy: self.configuration.cors))
+        }
         router.add(middleware: ProblemMiddleware(logger: self.logger, servesFiles: self.store is LocalDiskStore))
         self.addOperationalRoutes(router)
         if case .local = self.configuration.storage, let local = self.store as? LocalDiskStore {
@@ -200,37 +210,6 @@ public final class Gateway: Sendable {
         }
     }
 
-    private func addFileRoutes(_ router: Router<GatewayContext>, store: LocalDiskStore) {
-        let cacheControl = self.configuration.cacheControl
-        let keys = self.configuration.apiKeys.isEmpty ? nil : APIKeyMiddleware(keys: self.configuration.apiKeys)
-        router.get("files/**") { request, context -> Response in
-            let parts = context.parameters.getCatchAll()
-            let key = parts.joined(separator: "/")
-            // With API keys on, originals (EXIF, GPS) and manifests need a key; variants stay
-            // public, as a CDN in front expects.
-            if let keys, parts.count == 3, parts[2].hasPrefix("original.") || parts[2] == "manifest.json", !keys.authorized(request) {
-                throw GatewayError.unauthorized
-            }
-            // Files being written are temporaries named ".name.uuid.tmp": never served.
-            guard !parts.contains(where: { $0.hasPrefix(".") }), let url = store.fileURL(for: key), let data = try await store.get(key: key) else {
-                throw GatewayError.notFound("No such file.")
-            }
-            let attributes = try? FileManager.default.attributesOfItem(atPath: url.path)
-            let modified = (attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
-            let etag = "W/\"\(data.count)-\(Int(modified * 1000))\""
-            var headers: HTTPFields = [
-                .contentType: contentType(forKey: key),
-                .cacheControl: key.hasSuffix("manifest.json") ? "no-cache" : cacheControl,
-                .eTag: etag,
-            ]
-            if request.headers[.ifNoneMatch] == etag {
-                return Response(status: .notModified, headers: headers)
-            }
-            headers[.contentLength] = "\(data.count)"
-            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
-        }
-    }
-
     // MARK: Upload
 
     private func upload(_ request: Request, context: GatewayContext) async throws -> Response {
@@ -239,6 +218,7 @@ public final class Gateway: Sendable {
             let known = self.recipes.recipes.keys.sorted().joined(separator: ", ")
             throw GatewayError.badRequest("There is no recipe named '\(recipeName)'; known recipes: \(known).")
         }
+        let idempotencyKey = try IdempotencyStore.key(from: request)
         // The body first, counted in bytes against the memory budget as it arrives: a client
         // that trickles holds only what it has sent, never a slot that fast clients need. What
         // does not fit goes to the spool and comes back when there is room (waiting at most
@@ -253,6 +233,15 @@ public final class Gateway: Sendable {
         )
         if spooled { self.metrics.uploadsSpooled.increment() }
         self.metrics.stage("receive", clock.now - receiving)
+        var ticket: IdempotencyStore.Ticket?
+        if let idempotencyKey {
+            switch try await self.claim(idempotencyKey, request: request, recipe: recipe, image: source, logger: context.logger) {
+            case .replay(let id, let manifest):
+                return Self.replay(id: id, manifest: manifest)
+            case .run(let claimed):
+                ticket = claimed
+            }
+        }
 
         // Then a processing slot: only uploads whose whole body is here compete for these.
         let admitted = self.activeUploads.withLock { count -> Bool in
@@ -260,15 +249,20 @@ public final class Gateway: Sendable {
             count += 1
             return true
         }
-        guard admitted else { throw GatewayError.overloaded }
+        guard admitted else {
+            if let ticket { await self.idempotency.abandon(ticket, logger: context.logger) }
+            throw GatewayError.overloaded
+        }
         self.metrics.uploadsInFlight.increment()
         defer {
             self.activeUploads.withLock { $0 -= 1 }
             self.metrics.uploadsInFlight.decrement()
         }
 
-        let manifest = try await self.cancelledIfClientLeaves(context.channel, logger: context.logger) {
-            try await self.coordinator.upload(source, recipe: recipe, requestID: context.requestID, logger: context.logger)
+        let manifest = try await self.cancelledIfClientLeaves(context.channel, logger: context.logger) { [ticket] in
+            try await self.idempotency.recording(ticket, logger: context.logger) {
+                try await self.coordinator.upload(source, recipe: recipe, requestID: context.requestID, logger: context.logger)
+            }
         }
         self.metrics.uploadsSucceeded.increment()
         context.logger.info("upload stored", metadata: ["image_id": "\(manifest.id)", "recipe": "\(recipe.name)", "bytes": "\(source.readableBytes)"])

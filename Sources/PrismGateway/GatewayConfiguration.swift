@@ -38,6 +38,11 @@ public struct GatewayConfiguration: Sendable {
     public var cacheControl: String = "public, max-age=31536000, immutable"
     public var storage: Storage = .local(directory: "./data", publicBaseURL: nil)
     public var processors = ProcessorPoolConfiguration()
+    /// Origins whose pages may call the API from a browser; empty: no CORS headers at all.
+    public var cors = CORSPolicy()
+    /// How long an `Idempotency-Key` is remembered: a retry within it answers the first
+    /// upload's manifest instead of making a second image.
+    public var idempotencyRetention: Duration = .seconds(86_400)
     /// How an upload's variants are spread over processors (see `VariantPlanner`).
     public var split: SplitPolicy = .auto
 

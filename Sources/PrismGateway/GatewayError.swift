@@ -20,6 +20,8 @@ public struct GatewayError: Error, HTTPResponseError, Sendable {
     public var closeConnection = false
     /// `Allow` for a 405.
     public var allow: String?
+    /// `Content-Range` for a 416 (`bytes */size`).
+    public var contentRange: String?
 
     public init(_ status: HTTPResponse.Status, _ kind: String, _ title: String, detail: String, retryAfter: Int? = nil, variant: String? = nil) {
         self.status = status
@@ -36,6 +38,7 @@ public struct GatewayError: Error, HTTPResponseError, Sendable {
         if self.status == .unauthorized { headers[.wwwAuthenticate] = "Bearer realm=\"prism\"" }
         if self.closeConnection { headers[.connection] = "close" }
         if let allow = self.allow { headers[.allow] = allow }
+        if let contentRange = self.contentRange { headers[.contentRange] = contentRange }
         return Response(status: self.status, headers: headers, body: .init(byteBuffer: self.jsonBody(instance: request.uri.path)))
     }
 
@@ -89,6 +92,22 @@ public struct GatewayError: Error, HTTPResponseError, Sendable {
 
     static let deadline = GatewayError(.gatewayTimeout, "deadline-exceeded", "Processing took too long",
         detail: "The variants were not ready within this server's time limit; nothing was kept. Retry with a smaller image or a lighter recipe.")
+
+    static func rangeNotSatisfiable(size: Int) -> GatewayError {
+        var error = GatewayError(.rangeNotSatisfiable, "range-not-satisfiable", "Range not satisfiable",
+            detail: "The requested byte range starts beyond the file's \(size) bytes; ask for a range within them, or omit Range for the whole file.")
+        error.contentRange = "bytes */\(size)"
+        return error
+    }
+
+    static let invalidIdempotencyKey = GatewayError(.badRequest, "invalid-idempotency-key", "Invalid Idempotency-Key",
+        detail: "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces, e.g. a UUID.")
+
+    static let idempotencyKeyInUse = GatewayError(.conflict, "idempotency-key-in-use", "Upload with this Idempotency-Key still running",
+        detail: "An upload with this Idempotency-Key is still being processed; retry after a moment to get its answer.", retryAfter: 2)
+
+    static let idempotencyKeyReused = GatewayError(.unprocessableContent, "idempotency-key-reused", "Idempotency-Key reused for another request",
+        detail: "This Idempotency-Key was already used with a different image or recipe; use a new key for a new upload.")
 
     static let internalError = GatewayError(.internalServerError, "internal", "Internal error",
         detail: "Something went wrong on our side; nothing was kept. Retry, and report it if it persists.")

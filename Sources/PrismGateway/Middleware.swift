@@ -79,7 +79,7 @@ extension ProblemMiddleware {
         case 3 where parts[0] == "v1" && parts[1] == "images":
             return "GET, DELETE"
         case 2... where parts[0] == "files" && servesFiles:
-            return "GET"
+            return "GET, HEAD"
         default:
             return nil
         }

@@ -70,9 +70,11 @@ public struct Sweeper: Sendable {
         public var recentWithoutManifest = 0
         /// Manifests naming an object that is not there.
         public var brokenManifests: [String] = []
+        /// Idempotency-Key records past their expiry, removed.
+        public var expiredIdempotencyKeys = 0
 
         public var description: String {
-            "images=\(self.images) orphaned_uploads=\(self.orphanedUploads) removed_objects=\(self.removedObjects) recent_without_manifest=\(self.recentWithoutManifest) broken_manifests=\(self.brokenManifests.count)"
+            "images=\(self.images) orphaned_uploads=\(self.orphanedUploads) removed_objects=\(self.removedObjects) recent_without_manifest=\(self.recentWithoutManifest) broken_manifests=\(self.brokenManifests.count) expired_idempotency_keys=\(self.expiredIdempotencyKeys)"
         }
     }
 
@@ -120,7 +122,24 @@ public struct Sweeper: Sendable {
             report.removedObjects += objects.count
             self.logger.notice("removed an upload that never committed", metadata: ["image_id": "\(id)", "objects": "\(objects.count)"])
         }
+        report.expiredIdempotencyKeys = try await self.sweepIdempotencyKeys(now: now)
         return report
+    }
+
+    /// Removes Idempotency-Key records past their expiry (done ones after the retention,
+    /// running ones a crashed gateway left). One read per record: on a bucket with many, an
+    /// S3 lifecycle rule expiring `idempotency/` after the retention does the same for free.
+    func sweepIdempotencyKeys(now: Date) async throws(StorageError) -> Int {
+        var expired: [String] = []
+        for key in try await self.store.list(prefix: IdempotencyStore.prefix) where key.hasSuffix(".json") {
+            guard let data = try await self.store.get(key: key), let record = IdempotencyRecord.decode(data) else { continue }
+            if record.expires < now { expired.append(key) }
+        }
+        if !expired.isEmpty {
+            try await self.store.delete(keys: expired)
+            self.logger.info("removed expired idempotency keys", metadata: ["count": "\(expired.count)"])
+        }
+        return expired.count
     }
 }
 

@@ -9,7 +9,9 @@ import NIOPosix
 public final class LocalDiskStore: ObjectStore {
     public let root: URL
     let publicBaseURL: String
-    private let io: NIOThreadPool
+    let io: NIOThreadPool
+    /// Entity tags of files that carry none in an extended attribute (see `fileInfo`).
+    let etagCache = ETagCache()
 
     /// - Parameters:
     ///   - root: the directory objects live under (created if missing).
@@ -38,7 +40,7 @@ public final class LocalDiskStore: ObjectStore {
         return self.root.appendingPathComponent(key)
     }
 
-    private func run<T: Sendable>(_ what: String, _ body: @escaping @Sendable () throws -> T) async throws(StorageError) -> T {
+    func run<T: Sendable>(_ what: String, _ body: @escaping @Sendable () throws -> T) async throws(StorageError) -> T {
         do {
             return try await self.io.runIfActive(body)
         } catch let error as StorageError {
@@ -54,11 +56,14 @@ public final class LocalDiskStore: ObjectStore {
             try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
             let temporary = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).\(UUID().uuidString).tmp")
             try body.write(to: temporary)
+            let etag = "\"\(Digest.md5Hex(body))\""
+            // Kept with the file, so serving it needs no hash of the content (see `fileInfo`).
+            Self.setStoredETag(etag, path: temporary.path)
             guard rename(temporary.path, url.path) == 0 else {
                 try? FileManager.default.removeItem(at: temporary)
                 throw StorageError("The image store could not save a file.", detail: "rename \(temporary.path): errno \(errno)")
             }
-            return "\"\(Digest.md5Hex(body))\""
+            return etag
         }
     }
 

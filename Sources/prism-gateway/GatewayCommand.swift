@@ -213,6 +213,12 @@ struct GatewayOptions: ParsableArguments {
     @Option(help: "Sweep inside the gateway this often; default off (run 'prism-gateway sweep' from cron instead). (env PRISM_SWEEP_INTERVAL)")
     var sweepInterval: DurationSetting?
 
+    @Option(help: "Origins whose pages may call the API from a browser (CORS), comma-separated, e.g. https://app.example.com; * for any. (env PRISM_CORS_ORIGINS; default none: no CORS headers)")
+    var corsOrigins: String?
+
+    @Option(help: "How long an Idempotency-Key is remembered; a retry within it answers the first upload's manifest. (env PRISM_IDEMPOTENCY_RETENTION; default 24h)")
+    var idempotencyRetention: DurationSetting?
+
     @Flag(help: "Check the settings (flags, environment, recipes), print them and exit without starting.")
     var checkConfig = false
 
@@ -316,6 +322,14 @@ struct GatewayOptions: ParsableArguments {
         if let interval = config.sweepInterval {
             try Settings.check(interval, in: .seconds(1)...(.seconds(86_400 * 7)), "--sweep-interval (PRISM_SWEEP_INTERVAL)")
         }
+        let origins = (try settings.optional(self.corsOrigins, env: "PRISM_CORS_ORIGINS") ?? "")
+            .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        for origin in origins {
+            if let problem = CORSPolicy.problem(origin) { throw ValidationError("--cors-origins (PRISM_CORS_ORIGINS): \(problem)") }
+        }
+        config.cors = CORSPolicy(origins: origins)
+        config.idempotencyRetention = try settings.value(self.idempotencyRetention, env: "PRISM_IDEMPOTENCY_RETENTION", default: DurationSetting(config.idempotencyRetention)).duration
+        try Settings.check(config.idempotencyRetention, in: .seconds(60)...(.seconds(86_400 * 30)), "--idempotency-retention (PRISM_IDEMPOTENCY_RETENTION)")
         _ = try settings.value(self.drainTimeout, env: "PRISM_DRAIN_TIMEOUT", default: DurationSetting(.seconds(30)))
 
         var summary: [(String, String)] = [
@@ -333,6 +347,8 @@ struct GatewayOptions: ParsableArguments {
             ("max_connections", "\(config.http.maxConnections)"), ("max_upload_memory", "\(config.maxUploadMemory)"),
             ("spool", "\(config.spoolDirectory), at most \(config.maxSpoolBytes) bytes"),
             ("sweep_grace", "\(config.sweepGrace)"), ("sweep_interval", config.sweepInterval.map { "\($0)" } ?? "off"),
+            ("cors_origins", config.cors.isEnabled ? config.cors.origins.joined(separator: ",") : "off"),
+            ("idempotency_retention", "\(config.idempotencyRetention)"),
         ]
         switch config.storage {
         case .local(let directory, let base): summary.append(("storage", "local \(directory) \(base ?? "")"))
