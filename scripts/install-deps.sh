@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Prism needs on Debian 12, and nothing twice.
-#   scripts/install-deps.sh          build + run: libvips, libcurl, OpenSSL, protobuf-c
+#   scripts/install-deps.sh          build + run: libvips, libcurl, OpenSSL, protobuf-c, protoc
+#                                    (make protos)
 #   scripts/install-deps.sh --test   also what the tests use: exiftool, docker-compose (to
 #                                    validate compose/), nss_wrapper (one DNS name for several
 #                                    local processors), pytest, pyvips, boto3, SeaweedFS
@@ -10,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(libvips-dev libvips-tools libcurl4-openssl-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler pkg-config make gcc curl)
+want=(libvips-dev libvips-tools libcurl4-openssl-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler pkg-config make gcc curl)
 mode=${1:-}
 if [[ $mode == --test || $mode == --bench ]]; then
   want+=(libimage-exiftool-perl docker-compose python3-pip libnss-wrapper)
