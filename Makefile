@@ -7,7 +7,7 @@ help:
 	@echo "make test     install what is needed, build, run every test (Swift, C client, system)"
 	@echo "make build    debug build of everything, including the C client"
 	@echo "make bench    the benchmark harness (Benchmarks/README.md)"
-	@echo "make fuzz     libFuzzer on the frame decoder and the spec planner, 10 million runs each"
+	@echo "make fuzz     libFuzzer on the frame decoder, spec planner, connection state machine (10M runs each)"
 	@echo "make protos   regenerate Sources/PrismProto from Protos/"
 
 deps:
