@@ -8,7 +8,7 @@ help:
 	@echo "make build    debug build of everything, including the C client"
 	@echo "make bench    the benchmark harness with its peers: pyvips, Pillow, thumbor (Benchmarks/README.md)"
 	@echo "make soak     e2e at 4 uploads in flight for SOAK_MINUTES (10): RSS slope per process, failed uploads"
-	@echo "make fuzz     libFuzzer on the frame decoder and the spec planner, 10 million runs each"
+	@echo "make fuzz     libFuzzer on the frame decoder, spec planner, connection state machine (10M runs each)"
 	@echo "make protos   regenerate Sources/PrismProto from Protos/"
 
 deps:
