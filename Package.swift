@@ -163,6 +163,11 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
+            // Compiled into the binary (PackageResources), so a gateway copied alone (the
+            // container image) still serves its API document.
+            resources: [
+                .embedInCode("Resources/openapi.json"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

@@ -120,6 +120,7 @@ public final class Gateway: Sendable {
         router.add(middleware: MetricsMiddleware(metrics: self.metrics))
         router.add(middleware: ProblemMiddleware(logger: self.logger, servesFiles: self.store is LocalDiskStore))
         self.addOperationalRoutes(router)
+        self.addDocumentRoutes(router)
         if case .local = self.configuration.storage, let local = self.store as? LocalDiskStore {
             self.addFileRoutes(router, store: local)
         }

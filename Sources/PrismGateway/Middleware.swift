@@ -70,7 +70,7 @@ extension ProblemMiddleware {
     static func allowedMethods(_ path: String, servesFiles: Bool) -> String? {
         let parts = path.split(separator: "/", omittingEmptySubsequences: true)
         switch parts.count {
-        case 1 where ["healthz", "readyz", "metrics"].contains(parts[0]):
+        case 1 where ["healthz", "readyz", "metrics", "openapi.json"].contains(parts[0]):
             return "GET"
         case 2 where parts[0] == "v1" && parts[1] == "images":
             return "POST"
