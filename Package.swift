@@ -164,9 +164,13 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             // Compiled into the binary (PackageResources), so a gateway copied alone (the
-            // container image) still serves its API document.
+            // container image) still serves its API document and upload page.
             resources: [
                 .embedInCode("Resources/openapi.json"),
+                .embedInCode("Resources/upload-page/index.html"),
+                .embedInCode("Resources/upload-page/app.js"),
+                .embedInCode("Resources/upload-page/app.css"),
+                .embedInCode("Resources/upload-page/icon.svg"),
             ],
             swiftSettings: swiftSettings
         ),

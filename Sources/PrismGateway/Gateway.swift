@@ -118,7 +118,7 @@ public final class Gateway: Sendable {
         // Metrics outside Problem: every failure has become a GatewayError with its real status
         // (404, 405, 408, 499...) by the time it is counted and logged.
         router.add(middleware: MetricsMiddleware(metrics: self.metrics))
-        router.add(middleware: ProblemMiddleware(logger: self.logger, servesFiles: self.store is LocalDiskStore))
+        router.add(middleware: ProblemMiddleware(logger: self.logger, servesFiles: self.store is LocalDiskStore, servesUploadPage: self.configuration.uploadPage))
         self.addOperationalRoutes(router)
         self.addDocumentRoutes(router)
         if case .local = self.configuration.storage, let local = self.store as? LocalDiskStore {
