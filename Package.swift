@@ -163,6 +163,15 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
+            // Compiled into the binary (PackageResources), so a gateway copied alone (the
+            // container image) still serves its API document and upload page.
+            resources: [
+                .embedInCode("Resources/openapi.json"),
+                .embedInCode("Resources/upload-page/index.html"),
+                .embedInCode("Resources/upload-page/app.js"),
+                .embedInCode("Resources/upload-page/app.css"),
+                .embedInCode("Resources/upload-page/icon.svg"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

@@ -4,7 +4,9 @@
 #                                    (make protos)
 #   scripts/install-deps.sh --test   also what the tests use: exiftool, docker-compose (to
 #                                    validate compose/), nss_wrapper (one DNS name for several
-#                                    local processors), pytest, pyvips, boto3, SeaweedFS
+#                                    local processors), pytest, pyvips, boto3, SeaweedFS,
+#                                    chromium + chromium-driver and selenium (the upload page),
+#                                    schemathesis and openapi-spec-validator (the API document)
 #   scripts/install-deps.sh --bench  also what `make bench` adds: the 5120x2880 wallpapers of
 #                                    plasma-workspace-wallpapers (90 MB, large progressive JPEG
 #                                    and PNG cases) and python3-venv for the peers' virtualenv
@@ -14,7 +16,7 @@ cd "$(dirname "$0")/.."
 want=(libvips-dev libvips-tools libcurl4-openssl-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler pkg-config make gcc curl)
 mode=${1:-}
 if [[ $mode == --test || $mode == --bench ]]; then
-  want+=(libimage-exiftool-perl docker-compose python3-pip libnss-wrapper)
+  want+=(libimage-exiftool-perl docker-compose python3-pip libnss-wrapper chromium chromium-driver)
 fi
 if [[ $mode == --bench ]]; then
   want+=(plasma-workspace-wallpapers python3-venv)

@@ -128,8 +128,9 @@ public final class Gateway: Sendable {
         if self.configuration.cors.isEnabled {
             router.add(middleware: CORSMiddleware(policy: self.configuration.cors))
         }
-        router.add(middleware: ProblemMiddleware(logger: self.logger, servesFiles: self.store is LocalDiskStore))
+        router.add(middleware: ProblemMiddleware(logger: self.logger, servesFiles: self.store is LocalDiskStore, servesUploadPage: self.configuration.uploadPage))
         self.addOperationalRoutes(router)
+        self.addDocumentRoutes(router)
         if case .local = self.configuration.storage, let local = self.store as? LocalDiskStore {
             self.addFileRoutes(router, store: local)
         }

@@ -34,6 +34,8 @@ public struct GatewayConfiguration: Sendable {
     public var apiKeys: [String] = []
     /// A JSON recipe file (see docs/configuration.md); nil for the built-in default recipe only.
     public var recipesFile: String? = nil
+    /// Serve the upload page at `/` (and its script and style sheet at `/assets/`).
+    public var uploadPage: Bool = true
     /// Cache-Control for stored images (ids are never reused, so objects never change).
     public var cacheControl: String = "public, max-age=31536000, immutable"
     public var storage: Storage = .local(directory: "./data", publicBaseURL: nil)

@@ -31,6 +31,8 @@ struct ProblemMiddleware: RouterMiddleware {
     let logger: Logger
     /// True when stored files are served at /files (local storage).
     var servesFiles = true
+    /// True when the upload page is served at / (and its files at /assets/).
+    var servesUploadPage = true
 
     func handle(_ request: Request, context: GatewayContext, next: (Request, GatewayContext) async throws -> Response) async throws -> Response {
         do {
@@ -40,7 +42,7 @@ struct ProblemMiddleware: RouterMiddleware {
         } catch let error as HTTPError {
             switch error.status {
             case .notFound:
-                if let allowed = Self.allowedMethods(request.uri.path, servesFiles: self.servesFiles) {
+                if let allowed = Self.allowedMethods(request.uri.path, servesFiles: self.servesFiles, servesUploadPage: self.servesUploadPage) {
                     var problem = GatewayError(.methodNotAllowed, "method-not-allowed", "Method not allowed",
                         detail: "\(request.method) is not allowed on \(request.uri.path); use \(allowed).")
                     problem.allow = allowed
@@ -67,10 +69,14 @@ struct ProblemMiddleware: RouterMiddleware {
 
 extension ProblemMiddleware {
     /// The methods a known path answers, for 405's `Allow`; nil for a path no route serves.
-    static func allowedMethods(_ path: String, servesFiles: Bool) -> String? {
+    static func allowedMethods(_ path: String, servesFiles: Bool, servesUploadPage: Bool = true) -> String? {
         let parts = path.split(separator: "/", omittingEmptySubsequences: true)
         switch parts.count {
-        case 1 where ["healthz", "readyz", "metrics"].contains(parts[0]):
+        case 0 where servesUploadPage:
+            return "GET"
+        case 1 where ["healthz", "readyz", "metrics", "openapi.json"].contains(parts[0]):
+            return "GET"
+        case 2 where parts[0] == "assets" && servesUploadPage:
             return "GET"
         case 2 where parts[0] == "v1" && parts[1] == "images":
             return "POST"

@@ -63,6 +63,8 @@ enum UploadBody {
     /// Streams the body through multipart-kit's parser and keeps only the first `file` part.
     private static func multipartFile(_ body: RequestBody, boundary: String, limit: Int, into sink: BodySink) async throws {
         let parser = MultipartParser(boundary: boundary)
+        // The parser traps on some bytes in part-header names; the guard refuses them first.
+        var headerGuard = MultipartHeaderGuard(boundary: boundary)
         final class Collector {
             var inPart = false
             var isFile = false
@@ -97,6 +99,7 @@ enum UploadBody {
             for try await chunk in body {
                 received += chunk.readableBytes
                 guard received <= limit else { throw GatewayError.tooLarge(limit: limit) }
+                try headerGuard.check(chunk)
                 try parser.execute(chunk)
                 for part in collector.pending { try await sink.append(part) }
                 collector.pending.removeAll()

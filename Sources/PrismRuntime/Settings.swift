@@ -74,6 +74,19 @@ extension Int: SettingValue {
     public static var settingDescription: String { "a whole number" }
 }
 
+/// On/off settings that default to on, so they need a way to say off: `--name=false`,
+/// `PRISM_NAME=false` (also 0/no/off and 1/yes/on).
+extension Bool: SettingValue {
+    public init?(setting: String) {
+        switch setting.trimmingCharacters(in: .whitespaces).lowercased() {
+        case "1", "true", "yes", "on": self = true
+        case "0", "false", "no", "off": self = false
+        default: return nil
+        }
+    }
+    public static var settingDescription: String { "true or false" }
+}
+
 extension String: SettingValue {
     public init?(setting: String) { self = setting }
     public static var settingDescription: String { "text" }

@@ -162,6 +162,9 @@ struct GatewayOptions: ParsableArguments {
     @Option(help: "Cache-Control of stored images. (env PRISM_CACHE_CONTROL; default 'public, max-age=31536000, immutable')")
     var cacheControl: String?
 
+    @Option(help: ArgumentHelp("Serve the upload page at / (false: / answers 404). (env PRISM_UPLOAD_PAGE; default true)", valueName: "true|false"))
+    var uploadPage: Bool?
+
     @Option(help: "Spreading an upload's variants over processors: auto (over idle processors, one call under load), never, always. (env PRISM_SPLIT; default auto)")
     var split: String?
 
@@ -255,6 +258,7 @@ struct GatewayOptions: ParsableArguments {
         try Settings.check(config.maxConcurrentUploads, in: 1...10_000, "--max-concurrent-uploads (PRISM_MAX_CONCURRENT_UPLOADS)")
         config.recipesFile = try settings.optional(self.recipes, env: "PRISM_RECIPES")
         config.cacheControl = try settings.value(self.cacheControl, env: "PRISM_CACHE_CONTROL", default: config.cacheControl)
+        config.uploadPage = try settings.value(self.uploadPage, env: "PRISM_UPLOAD_PAGE", default: config.uploadPage)
         let split = try settings.value(self.split, env: "PRISM_SPLIT", default: "auto")
         guard let policy = SplitPolicy(rawValue: split.lowercased()) else {
             throw ValidationError("--split (PRISM_SPLIT) must be auto, never or always; got \(split).")
@@ -340,7 +344,7 @@ struct GatewayOptions: ParsableArguments {
             ("processor_token", config.processors.client.authToken == nil ? "none" : config.processors.client.tls == nil ? "set (hidden; sent in clear without TLS)" : "set (hidden)"),
             ("api_keys", "\(config.apiKeys.count)"), ("max_upload_size", "\(config.maxUploadBytes)"),
             ("upload_timeout", "\(config.uploadTimeout)"), ("max_concurrent_uploads", "\(config.maxConcurrentUploads)"),
-            ("split", config.split.rawValue),
+            ("split", config.split.rawValue), ("upload_page", config.uploadPage ? "on at /" : "off"),
             ("processor_ping", "every \(config.processors.pingInterval), timeout \(config.processors.pingTimeout)"),
             ("header_timeout", "\(config.http.headerTimeout)"), ("body_idle_timeout", "\(config.http.bodyIdleTimeout)"),
             ("body_timeout", "\(config.http.bodyTimeout)"), ("keep_alive_timeout", "\(config.http.keepAliveTimeout)"),

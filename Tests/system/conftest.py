@@ -37,14 +37,14 @@ def edge(name):
 class Service:
     """One child process with its log captured in a file."""
 
-    def __init__(self, name, args, log_dir, env=None, ready_url=None, ready_timeout=30):
+    def __init__(self, name, args, log_dir, env=None, ready_url=None, ready_timeout=30, cwd=None):
         self.name = name
         self.args = [str(a) for a in args]
         self.log_path = Path(log_dir) / f"{name}.log"
         self._log = open(self.log_path, "wb")
         full_env = dict(os.environ)
         full_env.update(env or {})
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
         self.pid = self.proc.pid
         if ready_url:
             self.wait_ready(ready_url, ready_timeout)
@@ -140,7 +140,7 @@ def wait_until(condition, timeout=20, interval=0.02, message="condition"):
 
 
 class Gateway(Service):
-    def __init__(self, log_dir, processors=(), *flags, env=None, dns=None, storage_dir=None):
+    def __init__(self, log_dir, processors=(), *flags, env=None, dns=None, storage_dir=None, cwd=None):
         self.port = free_port()
         self.data_dir = Path(storage_dir or Path(log_dir) / "data")
         args = [BIN / "prism-gateway", "--port", self.port, "--data-dir", self.data_dir, *flags]
@@ -148,7 +148,7 @@ class Gateway(Service):
             args += ["--processors", ",".join(p.address if hasattr(p, "address") else p for p in processors)]
         if dns:
             args += ["--processor-dns", dns]
-        super().__init__(f"gateway-{self.port}", args, log_dir, env=env, ready_url=f"http://127.0.0.1:{self.port}/healthz")
+        super().__init__(f"gateway-{self.port}", args, log_dir, env=env, ready_url=f"http://127.0.0.1:{self.port}/healthz", cwd=cwd)
 
     @property
     def url(self):
