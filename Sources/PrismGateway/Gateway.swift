@@ -230,7 +230,7 @@ public final class Gateway: Sendable {
         defer { lease.release() }
         let (source, spooled) = try await UploadBody.read(
             request, limit: self.configuration.maxUploadBytes, lease: lease, spool: self.spool,
-            memoryDeadline: .now + self.configuration.uploadTimeout, logger: context.logger
+            memoryWait: self.configuration.uploadTimeout, logger: context.logger
         )
         if spooled { self.metrics.uploadsSpooled.increment() }
         self.metrics.stage("receive", clock.now - receiving)

@@ -13,7 +13,7 @@ enum UploadBody {
     /// spooled.
     static func read(
         _ request: Request, limit: Int, lease: ByteBudget.Lease, spool: BodySpool,
-        memoryDeadline: ContinuousClock.Instant, logger: Logger
+        memoryWait: Duration, logger: Logger
     ) async throws -> (body: ByteBuffer, spooled: Bool) {
         let announced = request.headers[.contentLength].flatMap { Int($0) }
         let sink = BodySink(limit: limit, lease: lease, spool: spool, expected: announced)
@@ -21,7 +21,8 @@ enum UploadBody {
         do {
             try await self.readBody(request, limit: limit, into: sink)
             guard sink.count > 0 else { throw GatewayError.badRequest("The request body is empty; send the image bytes.") }
-            return (try await sink.finish(until: memoryDeadline), sink.spooled)
+            // The wait for memory counts from the end of the body, however long the body took.
+            return (try await sink.finish(until: .now + memoryWait), sink.spooled)
         } catch let error as GatewayError {
             throw error
         } catch let error as RequestReadTimeout {
