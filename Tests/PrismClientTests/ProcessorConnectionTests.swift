@@ -32,23 +32,26 @@ func withFakeConnection<T: Sendable>(
 
 @Suite("Processor connection against misbehaving processors")
 struct ProcessorConnectionTests {
-    @Test("a silent processor fails the call in flight, retryably, within ping interval + timeout")
+    @Test("a silent processor fails the call in flight, retryably, by the ping and not the deadline")
     func silentProcessor() async throws {
         let server = try await FakeProcessor.start(.init(mode: .silent))
-        let start = ContinuousClock.now
         try await withFakeConnection(server) { connection in
             try await connection.waitUntilReady()
+            // The call's own deadline is two minutes away: only the unanswered ping can end it
+            // sooner. No tighter timing is asserted (shared machines stall for seconds).
+            let start = ContinuousClock.now
             do {
-                _ = try await connection.process(request())
+                _ = try await connection.process(request(timeout: .seconds(120)))
                 Issue.record("a call to a silent processor succeeded")
             } catch let error as PrismRPCError {
                 #expect(error.code == .unavailable)
                 #expect(error.isRetryable)
+                #expect(error.message.contains("after a ping"), "\(error.message)")
             }
+            let elapsed = ContinuousClock.now - start
+            #expect(elapsed < .seconds(60), "detected in \(elapsed), not at the call's deadline")
             #expect(connection.isClosed)
         }
-        let elapsed = ContinuousClock.now - start
-        #expect(elapsed < .milliseconds(1500), "detected in \(elapsed), not at the 30 s deadline")
         #expect(server.requests == 1)
         await server.stop()
     }
@@ -69,7 +72,7 @@ struct ProcessorConnectionTests {
         }
         await running
         await connection.waitUntilClosed()
-        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(ContinuousClock.now - start < .seconds(30), "failed, not hung")
         #expect(server.requests == 0)
         await server.stop()
     }
@@ -110,7 +113,7 @@ struct ProcessorConnectionTests {
         let server = try await FakeProcessor.start()
         try await withFakeConnection(server) { connection in
             let latency = try await connection.ping()
-            #expect(latency < .seconds(1))
+            #expect(latency > .zero)
             try await Task.sleep(for: .seconds(1))  // several keepalive rounds
             #expect(connection.isReady)
             _ = try await connection.process(request())

@@ -31,7 +31,7 @@ func withPool<T: Sendable>(
         await group.triggerGracefulShutdown()
         try await tasks.waitForAll()
         let stopped = ContinuousClock.now - stopping
-        #expect(stopped < .seconds(3), "the pool shut down in \(stopped)")
+        #expect(stopped < .seconds(30), "the pool shut down in \(stopped), not hung")
         return try outcome.get()
     }
 }
@@ -59,7 +59,8 @@ struct ProcessorPoolTests {
                 for _ in 0..<8 {
                     group.addTask {
                         let start = ContinuousClock.now
-                        let result = try await pool.process(request(variants: 2))
+                        // Two minutes to the deadline: only the ping can fail a silent call over sooner.
+                        let result = try await pool.process(request(variants: 2, timeout: .seconds(120)))
                         #expect(result.variants.count == 2)
                         return ContinuousClock.now - start
                     }
@@ -67,7 +68,7 @@ struct ProcessorPoolTests {
                 return try await group.reduce(into: [Duration]()) { $0.append($1) }
             }
             #expect(timings.count == 8)
-            #expect(timings.allSatisfy { $0 < .milliseconds(1500) }, "\(timings)")
+            #expect(timings.allSatisfy { $0 < .seconds(60) }, "failed over by the ping, not the deadline: \(timings)")
             #expect(silent.requests >= 1, "some calls went to the silent processor first")
             #expect(pool.readyLoads().map(\.address) == [healthy.address], "the silent one is no longer ready")
         }

@@ -22,7 +22,7 @@ import Testing
             _ = try await ProcessorConnection.connect(host: "127.0.0.1", port: server.port, configuration: configuration)
         }
         let elapsed = ContinuousClock.now - start
-        #expect(elapsed < .seconds(3))
+        #expect(elapsed < .seconds(30), "failed by the connect timeout, not hung")
         #expect(error?.code == .unavailable)
         #expect(error?.isRetryable == true)
         #expect(error?.message.contains("did not complete the TLS handshake") == true)
@@ -33,7 +33,7 @@ import Testing
         defer { Task { await server.stop() } }
         var configuration = ProcessorClientConfiguration()
         configuration.tls = ClientTLSConfiguration()
-        configuration.connectTimeout = .seconds(30)
+        configuration.connectTimeout = .seconds(120)
         let connect = Task {
             try await ProcessorConnection.connect(host: "127.0.0.1", port: server.port, configuration: configuration)
         }
@@ -41,7 +41,7 @@ import Testing
         let start = ContinuousClock.now
         connect.cancel()
         await #expect(throws: PrismRPCError.self) { _ = try await connect.value }
-        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(ContinuousClock.now - start < .seconds(60), "ended by the cancel, not the 120 s connect timeout")
     }
 
     @Test func aPlainClientAnsweredWithTLSSaysSo() async throws {

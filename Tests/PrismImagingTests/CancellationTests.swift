@@ -87,7 +87,8 @@ struct CancellationTests {
         #expect(cancellation.killedComputation)
         let stopped = returned - (cancelledAt.withLock { $0 } ?? returned)
         print("progressive 18 MP: decode \(full.decodeDuration); stopped \(stopped) after the cancel")
-        #expect(stopped < .milliseconds(100), "stopped \(stopped) after the cancel; the decode takes \(full.decodeDuration)")
+        // Unwatched, the decode would run on for decodeDuration - 100 ms after the cancel.
+        #expect(stopped < full.decodeDuration / 2, "stopped \(stopped) after the cancel; the decode takes \(full.decodeDuration)")
     }
 
     @Test("a job cancelled before it starts does no work")
