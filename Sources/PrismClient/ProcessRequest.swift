@@ -20,6 +20,8 @@ public struct ProcessRequest: Sendable {
     public var keepsVariantData: Bool
     /// Ask the processor for the source's placeholder (`ProcessResult.source.placeholder`).
     public var placeholder = false
+    /// Ask for a BlurHash with these components in the placeholder too (implies `placeholder`).
+    public var blurHash: Prism_V1_BlurHashSpec?
 
     public init(
         source: ByteBuffer,

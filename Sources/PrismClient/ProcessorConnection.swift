@@ -296,7 +296,8 @@ public final class ProcessorConnection: Sendable {
         var message = Prism_V1_Request()
         message.variants = request.variants
         message.requestID = request.requestID
-        message.placeholder = request.placeholder
+        message.placeholder = request.placeholder || request.blurHash != nil
+        if let blurHash = request.blurHash { message.blurhash = blurHash }
         if let deadline = request.deadline {
             let remaining = ContinuousClock.now.duration(to: deadline)
             guard remaining > .milliseconds(1) else {

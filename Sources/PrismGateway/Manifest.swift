@@ -16,16 +16,20 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var thumbhash: String
         /// Dominant colour, `#rrggbb`.
         public var color: String
+        /// BlurHash, when the recipe asks for one.
+        public var blurhash: String?
 
-        public init(thumbhash: String, color: String) {
+        public init(thumbhash: String, color: String, blurhash: String? = nil) {
             self.thumbhash = thumbhash
             self.color = color
+            self.blurhash = blurhash
         }
 
         init(_ placeholder: Prism_V1_Placeholder) {
             let c = placeholder.color
             self.thumbhash = placeholder.thumbhash.base64EncodedString()
             self.color = c.transparent ? "transparent" : String(format: "#%02x%02x%02x", min(c.r, 255), min(c.g, 255), min(c.b, 255))
+            self.blurhash = placeholder.blurhash.isEmpty ? nil : placeholder.blurhash
         }
     }
 

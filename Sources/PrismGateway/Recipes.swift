@@ -8,6 +8,15 @@ public struct Recipe: Sendable {
     public var name: String
     public var description: String
     public var variants: [Prism_V1_VariantSpec]
+    /// A BlurHash in every manifest's placeholder, with these components; nil for none.
+    public var blurHash: Prism_V1_BlurHashSpec?
+
+    public init(name: String, description: String, variants: [Prism_V1_VariantSpec], blurHash: Prism_V1_BlurHashSpec? = nil) {
+        self.name = name
+        self.description = description
+        self.variants = variants
+        self.blurHash = blurHash
+    }
 }
 
 /// The recipes a gateway knows, by name.
@@ -45,7 +54,9 @@ public struct RecipeBook: Sendable {
     ///     {"name": "small", "operations": [{"resize": {"width": 64, "height": 64}}],
     ///      "output": {"format": "WEBP", "quality": 75}}]}}}
     /// ```
-    /// Each variant is a `prism.v1.VariantSpec` in protobuf's JSON mapping (Protos/).
+    /// Each variant is a `prism.v1.VariantSpec` in protobuf's JSON mapping (Protos/). A recipe
+    /// may add `"blurhash": {"x": 4, "y": 3}` (or `true` for 4 x 3): every manifest's
+    /// placeholder then carries a BlurHash with that many components.
     public static func load(file: String?) throws(RecipeError) -> RecipeBook {
         var recipes = [String: Recipe]()
         recipes[defaultName] = builtIn
@@ -77,9 +88,31 @@ public struct RecipeBook: Sendable {
                     throw RecipeError("recipe \"\(name)\", variant \(index + 1): not a valid VariantSpec (\(error))")
                 }
             }
-            recipes.append(Recipe(name: name, description: entry["description"] as? String ?? "", variants: specs))
+            recipes.append(Recipe(
+                name: name,
+                description: entry["description"] as? String ?? "",
+                variants: specs,
+                blurHash: try Self.parseBlurHash(entry["blurhash"], recipe: name)
+            ))
         }
         return recipes
+    }
+
+    /// `"blurhash"`: absent or false for none, true for 4 x 3, or `{"x": 1-9, "y": 1-9}`.
+    static func parseBlurHash(_ value: Any?, recipe: String) throws(RecipeError) -> Prism_V1_BlurHashSpec? {
+        let problem = RecipeError("recipe \"\(recipe)\": \"blurhash\" must be true, false or {\"x\": 1-9, \"y\": 1-9} (components across and down; 4 x 3 is usual)")
+        guard let value else { return nil }
+        var spec = Prism_V1_BlurHashSpec()
+        if !(value is [String: Any]), let flag = value as? Bool {
+            guard flag else { return nil }
+            (spec.xComponents, spec.yComponents) = (4, 3)
+            return spec
+        }
+        guard let object = value as? [String: Any], Set(object.keys).isSubset(of: ["x", "y"]),
+              let x = object["x"] as? Int, let y = object["y"] as? Int,
+              (1...9).contains(x), (1...9).contains(y) else { throw problem }
+        (spec.xComponents, spec.yComponents) = (UInt32(x), UInt32(y))
+        return spec
     }
 
     static func validate(_ recipe: Recipe) throws(RecipeError) {
@@ -115,7 +148,8 @@ public struct RecipeBook: Sendable {
         options.alwaysPrintEnumsAsInts = false
         let items = self.recipes.values.sorted { $0.name < $1.name }.map { recipe -> String in
             let variants = recipe.variants.map { (try? $0.jsonString(options: options)) ?? "{}" }.joined(separator: ",")
-            return "{\"name\":\(jsonQuote(recipe.name)),\"description\":\(jsonQuote(recipe.description)),\"variants\":[\(variants)]}"
+            let blurHash = recipe.blurHash.map { ",\"blurhash\":{\"x\":\($0.xComponents),\"y\":\($0.yComponents)}" } ?? ""
+            return "{\"name\":\(jsonQuote(recipe.name)),\"description\":\(jsonQuote(recipe.description)),\"variants\":[\(variants)]\(blurHash)}"
         }
         return Data("{\"recipes\":[\(items.joined(separator: ","))]}".utf8)
     }

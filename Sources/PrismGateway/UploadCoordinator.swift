@@ -129,6 +129,7 @@ struct UploadCoordinator: Sendable {
                     var request = ProcessRequest(source: sourceBuffer, variants: specs, deadline: deadline, requestID: requestID, keepsVariantData: false)
                     // One call is enough to describe the source.
                     request.placeholder = number == 0
+                    if number == 0 { request.blurHash = recipe.blurHash }
                     let result = try await self.pool.process(request) { variant in
                         let key = Self.variantKey(id: id, spec: specs[variant.index])
                         written.add(key)

@@ -3,7 +3,7 @@ import Foundation
 import PrismProto
 
 extension JobRun {
-    /// The source's ThumbHash and dominant colour, from the smallest scaling already made that
+    /// The source's ThumbHash, dominant colour and (if asked) BlurHash, from the smallest scaling already made that
     /// is still at least the 100 px the hash is made at: no extra decode, and usually a resize
     /// of a few hundred pixels.
     func placeholder(frames: inout Frames) throws -> Prism_V1_Placeholder {
@@ -36,6 +36,12 @@ extension JobRun {
             (placeholder.color.r, placeholder.color.g, placeholder.color.b) = (UInt32(r), UInt32(g), UInt32(b))
         } else {
             placeholder.color.transparent = true
+        }
+        if let blurHash = self.job.blurHash {
+            placeholder.blurhash = BlurHash.encode(
+                width: size.width, height: size.height, rgba: rgba,
+                xComponents: Int(blurHash.xComponents), yComponents: Int(blurHash.yComponents)
+            )
         }
         return placeholder
     }

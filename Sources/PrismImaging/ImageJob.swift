@@ -39,12 +39,21 @@ public struct ImageJob: Sendable {
     public var limits: ImagingLimits
     /// Also make the source's placeholder (ThumbHash and dominant colour) into the summary.
     public var placeholder: Bool
+    /// Also put a BlurHash with these components into the placeholder (implies `placeholder`).
+    public var blurHash: Prism_V1_BlurHashSpec?
 
-    public init(source: Data, variants: [Prism_V1_VariantSpec], limits: ImagingLimits = ImagingLimits(), placeholder: Bool = false) {
+    public init(
+        source: Data,
+        variants: [Prism_V1_VariantSpec],
+        limits: ImagingLimits = ImagingLimits(),
+        placeholder: Bool = false,
+        blurHash: Prism_V1_BlurHashSpec? = nil
+    ) {
         self.source = source
         self.variants = variants
         self.limits = limits
-        self.placeholder = placeholder
+        self.placeholder = placeholder || blurHash != nil
+        self.blurHash = blurHash
     }
 
     /// Runs the job, handing each variant to `emit` as soon as it is encoded.
@@ -64,6 +73,9 @@ public struct ImageJob: Sendable {
         }
         for (index, spec) in self.variants.enumerated() {
             try VariantPlan.validate(spec, index: index, limits: self.limits)
+        }
+        if let blurHash, !BlurHash.componentRange.contains(Int(blurHash.xComponents)) || !BlurHash.componentRange.contains(Int(blurHash.yComponents)) {
+            throw .invalidSpec("The BlurHash asks for \(blurHash.xComponents) x \(blurHash.yComponents) components; each count must be 1-9 (4 x 3 is usual).", variant: nil)
         }
         if let stop = cancellation.stopError { throw stop }
         guard !self.source.isEmpty else {

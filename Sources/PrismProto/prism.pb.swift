@@ -585,6 +585,36 @@ public nonisolated struct Prism_V1_Request: Sendable {
   /// its dominant colour, made from a scaling the call already has (no extra decode).
   public var placeholder: Bool = false
 
+  /// Also put a BlurHash (https://blurha.sh) of the source in Complete.source.placeholder, with
+  /// these many components; implies `placeholder`. Each count must be 1-9, else INVALID_ARGUMENT
+  /// with INVALID_SPEC.
+  public var blurhash: Prism_V1_BlurHashSpec {
+    get {_blurhash ?? Prism_V1_BlurHashSpec()}
+    set {_blurhash = newValue}
+  }
+  /// Returns true if `blurhash` has been explicitly set.
+  public var hasBlurhash: Bool {self._blurhash != nil}
+  /// Clears the value of `blurhash`. Subsequent reads from it will return its default value.
+  public mutating func clearBlurhash() {self._blurhash = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _blurhash: Prism_V1_BlurHashSpec? = nil
+}
+
+/// The BlurHash asked for: cosine components across and down (the usual choice is 4 x 3; more
+/// components keep more detail and make a longer string: 4 + 2 x y characters).
+public nonisolated struct Prism_V1_BlurHashSpec: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var xComponents: UInt32 = 0
+
+  public var yComponents: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -703,6 +733,10 @@ public nonisolated struct Prism_V1_Placeholder: Sendable {
   public var hasColor: Bool {self._color != nil}
   /// Clears the value of `color`. Subsequent reads from it will return its default value.
   public mutating func clearColor() {self._color = nil}
+
+  /// BlurHash of the same scaling's RGB channels (alpha is not part of BlurHash), as the
+  /// reference encoder makes it; present only when Request.blurhash asked for it.
+  public var blurhash: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1413,7 +1447,7 @@ nonisolated extension Prism_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}variants\0\u{3}timeout_ms\0\u{3}request_id\0\u{1}placeholder\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}variants\0\u{3}timeout_ms\0\u{3}request_id\0\u{1}placeholder\0\u{1}blurhash\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1426,12 +1460,17 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.placeholder) }()
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._blurhash) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.source.isEmpty {
       try visitor.visitSingularBytesField(value: self.source, fieldNumber: 1)
     }
@@ -1447,6 +1486,9 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if self.placeholder != false {
       try visitor.visitSingularBoolField(value: self.placeholder, fieldNumber: 5)
     }
+    try { if let v = self._blurhash {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1456,6 +1498,42 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.timeoutMs != rhs.timeoutMs {return false}
     if lhs.requestID != rhs.requestID {return false}
     if lhs.placeholder != rhs.placeholder {return false}
+    if lhs._blurhash != rhs._blurhash {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prism_V1_BlurHashSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BlurHashSpec"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}x_components\0\u{3}y_components\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.xComponents) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.yComponents) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.xComponents != 0 {
+      try visitor.visitSingularUInt32Field(value: self.xComponents, fieldNumber: 1)
+    }
+    if self.yComponents != 0 {
+      try visitor.visitSingularUInt32Field(value: self.yComponents, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prism_V1_BlurHashSpec, rhs: Prism_V1_BlurHashSpec) -> Bool {
+    if lhs.xComponents != rhs.xComponents {return false}
+    if lhs.yComponents != rhs.yComponents {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1626,7 +1704,7 @@ nonisolated extension Prism_V1_SourceInfo: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Prism_V1_Placeholder: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Placeholder"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}thumbhash\0\u{1}color\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}thumbhash\0\u{1}color\0\u{1}blurhash\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1636,6 +1714,7 @@ nonisolated extension Prism_V1_Placeholder: SwiftProtobuf.Message, SwiftProtobuf
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBytesField(value: &self.thumbhash) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._color) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.blurhash) }()
       default: break
       }
     }
@@ -1652,12 +1731,16 @@ nonisolated extension Prism_V1_Placeholder: SwiftProtobuf.Message, SwiftProtobuf
     try { if let v = self._color {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
     } }()
+    if !self.blurhash.isEmpty {
+      try visitor.visitSingularStringField(value: self.blurhash, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Prism_V1_Placeholder, rhs: Prism_V1_Placeholder) -> Bool {
     if lhs.thumbhash != rhs.thumbhash {return false}
     if lhs._color != rhs._color {return false}
+    if lhs.blurhash != rhs.blurhash {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -34,6 +34,23 @@ struct RecipeTests {
         #expect((listed["recipes"] as! [[String: Any]]).first?["name"] as? String == "avatar")
     }
 
+    @Test("a recipe's blurhash option: true is 4 x 3, an object gives the counts, false or absent is none; it is listed")
+    func blurHashOption() throws {
+        func recipe(_ option: String) throws -> Recipe {
+            let json = ##"{"recipes":{"r":{"## + option + ##""variants":[{"name":"a","output":{"format":"JPEG"}}]}}}"##
+            return try #require(try RecipeBook.parse(Data(json.utf8)).first)
+        }
+        #expect(try recipe("").blurHash == nil)
+        #expect(try recipe(#""blurhash":false,"#).blurHash == nil)
+        let usual = try #require(try recipe(#""blurhash":true,"#).blurHash)
+        #expect((usual.xComponents, usual.yComponents) == (4, 3))
+        let chosen = try recipe(#""blurhash":{"x":9,"y":1},"#)
+        #expect((chosen.blurHash?.xComponents, chosen.blurHash?.yComponents) == (9, 1))
+        let listing = try JSONSerialization.jsonObject(with: try RecipeBook(recipes: [chosen]).json()) as! [String: Any]
+        let listed = try #require((listing["recipes"] as! [[String: Any]]).first)
+        #expect(listed["blurhash"] as? [String: Int] == ["x": 9, "y": 1])
+    }
+
     @Test("bad recipes are refused at start-up with the reason", arguments: [
         (#"{"recipes":{"Bad Name":{"variants":[{"name":"a","operations":[],"output":{"format":"JPEG"}}]}}}"#, "recipe name"),
         (#"{"recipes":{"r":{"variants":[{"name":"original","output":{"format":"JPEG"}}]}}}"#, "variant name"),
@@ -42,6 +59,10 @@ struct RecipeTests {
         (#"{"recipes":{"r":{"variants":[{"name":"a","output":{}}]}}}"#, "output.format"),
         (#"{"recipes":{"r":{"variants":[{"name":"a","operations":[{"spin":{}}]}]}}}"#, "not a valid VariantSpec"),
         (#"{"recipes":{"r":{"variants":[]}}}"#, "no variants"),
+        (#"{"recipes":{"r":{"blurhash":{"x":0,"y":3},"variants":[{"name":"a","output":{"format":"JPEG"}}]}}}"#, "1-9"),
+        (#"{"recipes":{"r":{"blurhash":{"x":4},"variants":[{"name":"a","output":{"format":"JPEG"}}]}}}"#, "blurhash"),
+        (#"{"recipes":{"r":{"blurhash":{"x":4,"y":3,"punch":2},"variants":[{"name":"a","output":{"format":"JPEG"}}]}}}"#, "blurhash"),
+        (#"{"recipes":{"r":{"blurhash":"4x3","variants":[{"name":"a","output":{"format":"JPEG"}}]}}}"#, "blurhash"),
     ])
     func badRecipes(json: String, reason: String) {
         do {

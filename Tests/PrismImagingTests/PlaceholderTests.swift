@@ -100,3 +100,100 @@ struct PlaceholderTests {
         #expect(JobRun.placeholderSize(Size(width: 40, height: 30)) == Size(width: 40, height: 30))
     }
 }
+
+/// BlurHash against the `blurhash` package on PyPI (a port of the author's Swift encoder), fed
+/// the same RGB pixels: Pillow's 100 px scaling of real photos.
+@Suite("BlurHash")
+struct BlurHashTests {
+    struct Reference: Decodable {
+        let w: Int
+        let h: Int
+        let rgba: String
+        let hashes: [String: String]
+    }
+
+    /// Component counts tried: the usual 4 x 3 on every photo, the extremes and an odd shape on
+    /// the first few.
+    static let script = #"""
+    import base64, json, sys
+    import blurhash
+    from PIL import Image, ImageOps
+    out = []
+    for n, path in enumerate(sys.argv[1:]):
+        im = ImageOps.exif_transpose(Image.open(path)).convert("RGBA")
+        im.thumbnail((100, 100))
+        w, h = im.size
+        px = im.tobytes()
+        rows = [[list(px[(y * w + x) * 4:(y * w + x) * 4 + 3]) for x in range(w)] for y in range(h)]
+        shapes = [(4, 3)] + ([(1, 1), (9, 9), (5, 2)] if n < 3 else [])
+        out.append({"w": w, "h": h, "rgba": base64.b64encode(px).decode(),
+                    "hashes": {f"{x}x{y}": blurhash.encode(rows, components_x=x, components_y=y) for x, y in shapes}})
+    print(json.dumps(out))
+    """#
+
+    @Test("BlurHash strings equal the reference encoder's on real photos")
+    func matchesReference() async throws {
+        let paths = (TestImages.photoNames.map { "photos/\($0)" } + ["edge/orient6-gps.jpg", "edge/grey.jpg", "edge/alpha.png"])
+            .map { TestImages.root.appendingPathComponent($0).path }
+        let output = try await onThread { () throws -> Data in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["python3", "-c", Self.script] + paths
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            try process.run()
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else { throw CocoaError(.executableLoad) }
+            return data
+        }
+        let references = try JSONDecoder().decode([Reference].self, from: output)
+        #expect(references.count == 12)
+        var compared = 0
+        for reference in references {
+            let rgba = try #require(Data(base64Encoded: reference.rgba))
+            for (shape, expected) in reference.hashes {
+                let counts = shape.split(separator: "x").compactMap { Int($0) }
+                let hash = rgba.withUnsafeBytes {
+                    BlurHash.encode(width: reference.w, height: reference.h, rgba: $0, xComponents: counts[0], yComponents: counts[1])
+                }
+                #expect(hash == expected, "\(reference.w)x\(reference.h), \(shape) components")
+                #expect(hash.count == 4 + 2 * counts[0] * counts[1])
+                compared += 1
+            }
+        }
+        #expect(compared == 12 + 9)
+    }
+
+    @Test("a job asked for a BlurHash puts it in the placeholder; bad component counts are refused")
+    func jobBlurHash() throws {
+        #expect(startVips())
+        var spec = Prism_V1_VariantSpec()
+        spec.name = "small"
+        var op = Prism_V1_Operation()
+        op.resize.width = 320
+        spec.operations = [op]
+        spec.output.format = .jpeg
+        let source = try TestImages.photo("Dune.jpg")
+        var job = ImageJob(source: source, variants: [spec], placeholder: true)
+        #expect(try job.run(cancellation: JobCancellation()) { _ in }.source.placeholder.blurhash.isEmpty, "only when asked")
+        var components = Prism_V1_BlurHashSpec()
+        (components.xComponents, components.yComponents) = (5, 4)
+        job = ImageJob(source: source, variants: [spec], blurHash: components)
+        let placeholder = try job.run(cancellation: JobCancellation()) { _ in }.source.placeholder
+        #expect(placeholder.blurhash.count == 4 + 2 * 5 * 4)
+        #expect(placeholder.blurhash.first == "V", "the first character encodes 5 x 4: (5 - 1) + (4 - 1) x 9 = 31")
+        #expect(!placeholder.thumbhash.isEmpty, "a BlurHash implies the rest of the placeholder")
+        for bad in [(0, 3), (4, 10)] {
+            (components.xComponents, components.yComponents) = (UInt32(bad.0), UInt32(bad.1))
+            job.blurHash = components
+            do {
+                _ = try job.run(cancellation: JobCancellation()) { _ in }
+                Issue.record("\(bad) components were accepted")
+            } catch {
+                #expect(error.reason == .invalidSpec)
+                #expect(error.message.contains("1-9"))
+            }
+        }
+    }
+}

@@ -481,3 +481,42 @@ def test_the_manifest_carries_a_thumbhash_and_dominant_colour_that_look_like_the
     top = sorted(counts, key=lambda c: -counts[c])[:3]
     colour = tuple(int(placeholder["color"][i:i + 2], 16) >> 4 for i in (1, 3, 5))
     assert colour in top, (placeholder["color"], [(c, counts[c]) for c in top])
+
+
+def test_a_recipe_can_ask_for_a_blurhash_that_decodes_to_the_image(stack):
+    """`"blurhash": {"x": 5, "y": 4}` in a recipe: the manifest's placeholder carries a BlurHash
+    of that shape that the reference decoder turns into the image's colours; recipes without
+    the option carry none; the listing shows the option; bad counts stop the gateway at start."""
+    import blurhash
+    from conftest import BIN
+    gateway, _ = stack
+    listed = {r["name"]: r for r in requests.get(gateway.url + "/v1/recipes", timeout=10).json()["recipes"]}
+    assert listed["blurred"]["blurhash"] == {"x": 5, "y": 4}
+    assert "blurhash" not in listed["default"]
+
+    source = photo("Dune.jpg")
+    response = gateway.upload(source, recipe="blurred")
+    assert response.status_code == 201, response.text
+    placeholder = response.json()["placeholder"]
+    hash_ = placeholder["blurhash"]
+    assert blurhash.components(hash_) == (5, 4)
+    assert len(hash_) == 4 + 2 * 5 * 4
+    # Decoded by the reference decoder, its mean colour is the image's (mean channel diff < 12).
+    decoded = blurhash.decode(hash_, 20, 16)
+    mean = [sum(px[c] for row in decoded for px in row) / (20 * 16) for c in range(3)]
+    small = pyvips.Image.thumbnail(str(source), 100, height=100).copy_memory()
+    image_mean = [small.extract_band(c).avg() for c in range(3)]
+    assert sum(abs(a - b) for a, b in zip(mean, image_mean)) / 3 < 12, (mean, image_mean)
+    # The stored manifest says the same; the default recipe's has no BlurHash.
+    stored = requests.get(f"{gateway.url}/v1/images/{response.json()['id']}", timeout=10).json()
+    assert stored["placeholder"]["blurhash"] == hash_
+    plain = gateway.upload(source)
+    assert plain.status_code == 201 and "blurhash" not in plain.json()["placeholder"]
+
+    bad = gateway.data_dir.parent / "bad-recipes.json"
+    bad.write_text('{"recipes": {"b": {"blurhash": {"x": 12, "y": 3}, "variants": ['
+                   '{"name": "t", "operations": [{"resize": {"width": 10}}], "output": {"format": "JPEG"}}]}}}')
+    result = subprocess.run([str(BIN / "prism-gateway"), "--check-config", "--processors", "127.0.0.1:1",
+                             "--recipes", str(bad)], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "blurhash" in result.stderr and "1-9" in result.stderr, result.stderr
