@@ -242,7 +242,7 @@ struct RouteTests {
 }
 
 /// Polls `condition` until it holds; throws after `timeout`.
-func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
+func waitUntil(_ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
     let limit = ContinuousClock.now + timeout
     while try await !condition() {
         guard ContinuousClock.now < limit else { throw TestFailure(description: "timed out waiting for \(what)") }
