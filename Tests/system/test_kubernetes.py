@@ -111,7 +111,7 @@ class PodSandbox:
             elif "secret" in volume:
                 for key, value in self.secret(volume["secret"]["secretName"]).items():
                     (local / key).write_bytes(value)
-                    (local / key).chmod(0o600)
+                    (local / key).chmod(volume["secret"].get("defaultMode", 0o644))
             else:
                 assert "emptyDir" in volume, f"volume {mount['name']}: only configMap, secret and emptyDir are used"
             self.mounts[mount["mountPath"]] = local
