@@ -28,7 +28,7 @@ import yaml
 
 import kustomize_lite
 from conftest import BIN, REPO, Service, free_port, metric_value, photo, wait_until
-from test_operations import compose_config, dockerfile_env, write_hosts
+from test_operations import compose_config, dockerfile_env
 
 KUBE = REPO / "deploy" / "kubernetes"
 KUSTOMIZATIONS = {"base": KUBE / "base", "example": KUBE / "overlays" / "example"}
@@ -257,11 +257,22 @@ class Cluster:
             pod.stop()
 
 
-def write_hosts_named(path, name, ips):
-    """test_operations.write_hosts, for another service name."""
-    write_hosts(path, ips)
-    path.write_text(path.read_text().replace(" processor\n", f" {name}\n"))
-    stamp = path.stat().st_mtime
+def write_hosts_named(path, name, ips, _generation=[0]):
+    """test_operations.write_hosts for another name, safe while the gateway re-resolves every
+    second: nss_wrapper keeps the file open and reloads it when its mtime (in whole seconds)
+    changes, so the file must never be empty or half-named at a moment it may be read. The new
+    lines are written over the old ones in place, the file is cut to length (in between a
+    reader may see a leftover old line: a processor that is leaving anyway), and only then is
+    it given an mtime no earlier state had."""
+    _generation[0] += 1
+    data = "".join(f"{ip} {name}\n" for ip in ips).encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+    stamp = time.time() + 10 + 2 * _generation[0]
     os.utime(path, (stamp, stamp))
 
 
