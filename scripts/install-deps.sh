@@ -6,7 +6,9 @@
 #                                    validate compose/), nss_wrapper (one DNS name for several
 #                                    local processors), pytest, pyvips, boto3, SeaweedFS,
 #                                    chromium + chromium-driver and selenium (the upload page),
-#                                    schemathesis and openapi-spec-validator (the API document)
+#                                    schemathesis and openapi-spec-validator (the API document),
+#                                    kubernetes-validate (deploy/kubernetes against the API's
+#                                    schemas, offline; kubectl is used when present, not needed)
 #   scripts/install-deps.sh --bench  also what `make bench` adds: the 5120x2880 wallpapers of
 #                                    plasma-workspace-wallpapers (90 MB, large progressive JPEG
 #                                    and PNG cases) and python3-venv for the peers' virtualenv
