@@ -6,17 +6,30 @@ import NIOPosix
 /// every `resolveInterval`.
 extension ProcessorPool {
     /// Re-resolves the DNS names and adds or retires processors to match.
+    ///
+    /// Only an answer retires processors: a name that does not exist (NXDOMAIN, or no address,
+    /// as a headless Service with no ready pod gives) has none. A lookup that fails (timeout,
+    /// SERVFAIL, no resolver) keeps the name's last known processors: a DNS hiccup must not
+    /// turn every upload into a 503 until the next refresh.
     func resolveLoop() async {
+        var lastKnown: [String: [ProcessorPoolConfiguration.Endpoint]] = [:]
         while !Task.isCancelled {
             var wanted = Set<String>()
             var found: [ProcessorPoolConfiguration.Endpoint] = []
             for name in self.configuration.dnsNames {
-                let addresses = await Self.resolve(name.host)
-                if addresses.isEmpty {
-                    self.logger.warning("processor name resolves to nothing", metadata: ["name": "\(name.host)"])
+                let key = name.description
+                switch await Self.lookup(name.host) {
+                case .answer(let addresses):
+                    if addresses.isEmpty {
+                        self.logger.warning("processor name resolves to nothing", metadata: ["name": "\(name.host)"])
+                    }
+                    lastKnown[key] = addresses.map { ProcessorPoolConfiguration.Endpoint(host: $0, port: name.port, serverName: name.host) }
+                case .failed(let reason):
+                    self.logger.warning("processor name lookup failed; keeping its last known processors", metadata: [
+                        "name": "\(name.host)", "error": "\(reason)", "kept": "\(lastKnown[key]?.count ?? 0)",
+                    ])
                 }
-                for address in addresses {
-                    let endpoint = ProcessorPoolConfiguration.Endpoint(host: address, port: name.port, serverName: name.host)
+                for endpoint in lastKnown[key] ?? [] {
                     wanted.insert(endpoint.description)
                     found.append(endpoint)
                 }
@@ -32,13 +45,34 @@ extension ProcessorPool {
         }
     }
 
-    /// getaddrinfo on a thread pool thread (it blocks).
+    /// What one lookup gave: the addresses in an answer (none when the name does not exist or
+    /// has no address), or a failure that says nothing about the name.
+    enum Lookup: Equatable {
+        case answer([String])
+        case failed(String)
+    }
+
+    /// The addresses of `host`, or none when the lookup fails for any reason.
     static func resolve(_ host: String) async -> [String] {
-        (try? await NIOThreadPool.singleton.runIfActive {
+        if case .answer(let addresses) = await Self.lookup(host) { return addresses }
+        return []
+    }
+
+    /// getaddrinfo on a thread pool thread (it blocks).
+    static func lookup(_ host: String) async -> Lookup {
+        (try? await NIOThreadPool.singleton.runIfActive { () -> Lookup in
             var hints = addrinfo()
             hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
             var result: UnsafeMutablePointer<addrinfo>? = nil
-            guard getaddrinfo(host, nil, &hints, &result) == 0 else { return [String]() }
+            let status = getaddrinfo(host, nil, &hints, &result)
+            switch status {
+            case 0:
+                break
+            case EAI_NONAME, Self.eaiNoData:
+                return .answer([])  // the name does not exist, or has no address
+            default:
+                return .failed(String(cString: gai_strerror(status)))
+            }
             defer { freeaddrinfo(result) }
             var addresses: [String] = []
             var cursor = result
@@ -50,7 +84,10 @@ extension ProcessorPool {
                 }
                 cursor = info.pointee.ai_next
             }
-            return addresses.sorted()
-        }) ?? []
+            return .answer(addresses.sorted())
+        }) ?? .failed("the resolver thread pool is shut down")
     }
+
+    /// glibc's EAI_NODATA ("no address associated with hostname"), hidden behind __USE_GNU.
+    static let eaiNoData: Int32 = -5
 }

@@ -2,6 +2,7 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
+import NIOHTTP1
 
 /// HTTP/1.1 as Hummingbird serves it, guarded against clients that are gone, slow or too many.
 ///
@@ -49,6 +50,8 @@ struct DisconnectAwareHTTP1: ServerChildChannel {
         return self.http1.setup(channel: channel, logger: logger).flatMapThrowing { value in
             let state = try channel.pipeline.syncOperations.handler(type: HTTPConnectionStateHandler.self)
             try channel.pipeline.syncOperations.addHandler(timeouts, position: .before(state))
+            let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            try channel.pipeline.syncOperations.addHandler(LastRequestMarker(), position: .after(decoder))
             return value
         }
     }
@@ -128,3 +131,24 @@ final class RefuseConnectionHandler: ChannelInboundHandler, RemovableChannelHand
 
 @available(*, unavailable)
 extension RefuseConnectionHandler: Sendable {}
+
+/// Marks a request that ends its connection (`Connection: close` in any form, or HTTP/1.0
+/// without keep-alive) with exactly `Connection: close`: the one form Hummingbird checks before
+/// it stops reading, and what `RequestTimeoutHandler` echoes in the answer (RFC 9112 9.6).
+/// Without it an HTTP/1.0 client waited for a close that never came.
+final class LastRequestMarker: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .head(var head) = self.unwrapInboundIn(data), !head.isKeepAlive else {
+            context.fireChannelRead(data)
+            return
+        }
+        head.headers.replaceOrAdd(name: "connection", value: "close")
+        context.fireChannelRead(self.wrapInboundOut(.head(head)))
+    }
+}
+
+@available(*, unavailable)
+extension LastRequestMarker: Sendable {}

@@ -112,7 +112,12 @@ final class ConnectionLimiter: Sendable {
 ///   route reading it answers 408 (so metrics and the access log see the real status) and the
 ///   connection closes;
 /// - an answer that ends before its request body did closes the connection after a short
-///   linger, as nginx does, instead of reading a body nobody wants.
+///   linger, as nginx does, instead of reading a body nobody wants;
+/// - at graceful shutdown (`ChannelShouldQuiesceEvent`), a connection that is sending its first
+///   request, or has just been accepted and sent nothing yet, is not closed under the client:
+///   the event is held until that request's header arrives, and its answer (like every answer
+///   from then on) says `Connection: close`. If no request comes, the header timeout ends the
+///   connection as usual. Idle keep-alive connections close at once, as in Go's net/http.
 final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -144,6 +149,12 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var closeAfterAnswer = false
     private var readTimer: Scheduled<Void>?
     private var closeTimer: Scheduled<Void>?
+    /// The server is shutting down: answers say `Connection: close`.
+    private var quiescing = false
+    /// A shutdown event held back until the request being sent has its header read.
+    private var quiesceHeld = false
+    /// The newest request ends the connection (`LastRequestMarker` set `Connection: close`).
+    private var lastRequest = false
 
     init(limits: HTTPServerLimits, activity: ConnectionActivity, metrics: GatewayMetrics, logger: Logger) {
         self.limits = limits
@@ -183,8 +194,9 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
         let now = NIODeadline.now()
         switch (self.unwrapInboundIn(data), self.reading) {
-        case (.head, _):
+        case (.head(let head), _):
             self.outstanding += 1
+            if head.headerFields[.connection] == "close" { self.lastRequest = true }
             self.reading = .body(headAt: now, lastPart: now)
         case (.body, .body(let headAt, _)):
             self.reading = .body(headAt: headAt, lastPart: now)
@@ -195,6 +207,25 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
         self.arm(context)
         context.fireChannelRead(data)
+        if self.quiesceHeld, self.outstanding > 0 {
+            // The request is with the application now: Hummingbird answers it, then closes.
+            self.quiesceHeld = false
+            context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        self.quiescing = true
+        if !self.closing, self.outstanding == 0, case .waiting(_, let fresh) = self.reading, fresh || self.activity.firstByteAt != nil {
+            // A client that connected (or began a request) just before the shutdown began.
+            self.quiesceHeld = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -234,7 +265,7 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
             if early || head.headerFields[.connection] == "close" {
                 self.closeAfterAnswer = true
             }
-            if early {
+            if early || self.quiescing || (self.lastRequest && self.outstanding == 1) {
                 head.headerFields[.connection] = "close"
                 context.write(self.wrapOutboundOut(.head(head)), promise: promise)
             } else {

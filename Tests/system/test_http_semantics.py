@@ -246,3 +246,48 @@ def test_cors_origins_are_checked_at_start():
     result = subprocess.run([str(BIN / "prism-gateway"), "--check-config", "--processors", "127.0.0.1:1",
                              "--cors-origins", f"{ORIGIN},*"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+def raw_exchange(port, request):
+    """Sends raw bytes, reads until the server closes (a socket timeout fails the test: the
+    server kept open a connection the request asked to close)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n")[0].decode("latin-1").lower().split("\r\n")
+    return head[0], head[1:]
+
+
+@pytest.mark.parametrize("request_head", [
+    b"GET /v1/recipes HTTP/1.1\r\nHost: prism\r\nConnection: close\r\n\r\n",
+    b"GET /v1/recipes HTTP/1.1\r\nHost: prism\r\nConnection: Keep-Alive, CLOSE\r\n\r\n",
+    b"GET /v1/recipes HTTP/1.0\r\nHost: prism\r\n\r\n",
+], ids=["close", "close-among-tokens", "http-1.0"])
+def test_a_request_that_ends_its_connection_gets_connection_close_and_a_close(origin, request_head):
+    """RFC 9112 9.6: the answer to a request with `Connection: close` (or an HTTP/1.0 request
+    without keep-alive) says `Connection: close`, and the server then closes: a client reusing
+    the connection would otherwise have its next request refused, and an HTTP/1.0 client waited
+    forever for the close."""
+    gateway, _ = origin
+    status, headers = raw_exchange(gateway.port, request_head)
+    assert status.startswith("http/1.1 200"), status
+    assert "connection: close" in headers, headers
+
+
+def test_a_keep_alive_request_keeps_its_connection(origin):
+    import socket
+    gateway, _ = origin
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: prism\r\n\r\n")
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += sock.recv(65536)
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()
+            length = int(next(l.split(b":")[1] for l in head.lower().split(b"\r\n") if l.startswith(b"content-length")))
+            while len(rest) < length:
+                rest += sock.recv(65536)

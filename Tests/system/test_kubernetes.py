@@ -833,12 +833,6 @@ def accepted_by(pid, client_port):
     return any(f"socket:[{inode}]" in links for inode in inodes)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "At SIGTERM the gateway closes every connection it has accepted but read no request from, so "
-    "a request sent on it a moment later gets no answer (a client that connected just before "
-    "SIGTERM). Go's http.Server.Shutdown gives such a new connection 5 s to send its request. "
-    "Needs a change in the Swift gateway (docs/scaling.md, Deploying new versions); until then "
-    "clients retry with an Idempotency-Key. Remove this marker once the gateway serves it."))
 def test_a_connection_accepted_before_sigterm_gets_its_upload_answered(cluster):
     cluster.processor("127.0.0.2")
     cluster.publish(["127.0.0.2"])
@@ -859,6 +853,8 @@ def test_a_connection_accepted_before_sigterm_gets_its_upload_answered(cluster):
         except OSError as e:
             print(f"the upload on the accepted connection: {e}")
     assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
+    # ...and says it is the last answer on this connection, so no client reuses it.
+    assert b"\r\nconnection: close\r\n" in answer.split(b"\r\n\r\n")[0].lower() + b"\r\n", answer[:400]
 
 
 def refuses(url):

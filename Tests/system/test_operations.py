@@ -150,6 +150,45 @@ def test_compose_topology_as_local_processes(services, seaweed, tmp_path):
     assert metric_value(gateway.metrics(), "prism_gateway_processor_connections", 'state="ready"') == 2
 
 
+def test_a_failed_dns_lookup_keeps_the_processors_and_a_missing_name_drops_them(services, tmp_path):
+    """A lookup that fails (a DNS timeout or SERVFAIL: EAI_AGAIN) says nothing about the
+    processors: the gateway keeps the last answer and uploads go on. An answer without the name
+    (NXDOMAIN, as a headless Service with no ready pod gives) retires them.
+
+    The gateway's getaddrinfo answers the processor name from a file this test writes
+    (Tests/system/support/fake_resolver.c, preloaded): nss_wrapper cannot make a lookup fail
+    on purpose, and no DNS server of our own can be put in front of glibc here."""
+    resolver = tmp_path / "fake_resolver.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(resolver),
+                    str(REPO / "Tests" / "system" / "support" / "fake_resolver.c"), "-ldl"], check=True)
+    answers = tmp_path / "dns"
+    port = free_port()
+    replicas = [services.add(NamedProcessor(tmp_path, ip, port)) for ip in ("127.0.0.2", "127.0.0.3")]
+    answers.write_text("127.0.0.2\n127.0.0.3\n")
+    env = {
+        "LD_PRELOAD": str(resolver), "FAKE_DNS_NAME": "processor", "FAKE_DNS_FILE": str(answers),
+        "PRISM_PROCESSOR_DNS": f"processor:{port}", "PRISM_PROCESSOR_DNS_REFRESH": "200ms",
+    }
+    gateway = services.gateway((), env=env)
+    gateway.wait_processors(2)
+    assert gateway.upload(photo("Dune.jpg")).status_code == 201
+
+    answers.write_text("FAIL\n")
+    wait_until(lambda: gateway.log().count("processor name lookup failed") >= 3, 60,
+               message="three failed lookups")
+    assert metric_value(gateway.metrics(), "prism_gateway_processor_connections", 'state="ready"') == 2
+    response = gateway.upload(photo("Storm.jpg"))
+    assert response.status_code == 201, response.text
+    assert "processor no longer in DNS" not in gateway.log()
+
+    # An answer: the name is gone.
+    answers.write_text("")
+    wait_until(lambda: gateway.log().count("processor no longer in DNS") == 2, 60, message="both processors retired")
+    response = gateway.upload(photo("Dune.jpg"))
+    assert response.status_code == 503, response.text
+    assert all(p.alive() for p in replicas)
+
+
 def test_metrics_move_on_both_services(services):
     processors = [services.processor(), services.processor()]
     gateway = services.gateway(processors)
