@@ -183,16 +183,16 @@ def test_http_parse_errors_are_answered_as_problems(guarded, request_bytes, stat
     got, headers, problem = problem_of(raw)
     assert got == status, raw[:200]
     assert headers["content-type"] == "application/problem+json" and problem["status"] == status
-    assert guarded.alive() and requests.get(guarded.url + "/healthz", timeout=5).status_code == 200
+    assert guarded.alive() and requests.get(guarded.url + "/healthz", timeout=60).status_code == 200
 
 
 def test_wrong_methods_are_405_with_allow_and_counted_as_such(guarded):
-    r = requests.put(guarded.url + "/v1/images", data=b"x", timeout=10)
+    r = requests.put(guarded.url + "/v1/images", data=b"x", timeout=60)
     assert r.status_code == 405 and r.headers["Allow"] == "POST"
     assert r.headers["Content-Type"] == "application/problem+json"
-    r = requests.post(guarded.url + "/v1/recipes", timeout=10)
+    r = requests.post(guarded.url + "/v1/recipes", timeout=60)
     assert r.status_code == 405 and r.headers["Allow"] == "GET"
-    assert requests.get(guarded.url + "/nothing-here", timeout=10).status_code == 404
+    assert requests.get(guarded.url + "/nothing-here", timeout=60).status_code == 404
     text = guarded.metrics()
     assert metric_value(text, "prism_gateway_requests_total", 'route="NotFound",method="PUT",status="405"') == 1
     assert metric_value(text, "prism_gateway_requests_total", 'route="NotFound",method="GET",status="404"') == 1
@@ -223,7 +223,7 @@ def test_connections_past_the_cap_are_refused_with_503_and_leak_nothing(services
     finally:
         for s in held:
             s.close()
-    wait_until(lambda: requests.get(gateway.url + "/healthz", timeout=2).status_code == 200, 10,
+    wait_until(lambda: requests.get(gateway.url + "/healthz", timeout=60).status_code == 200, 10,
                message="the gateway to take connections again")
 
 
@@ -242,7 +242,7 @@ def test_delete_during_an_upload_is_409_and_the_upload_commits_whole(services):
     image_dir = wait_until(lambda: next(iter((gateway.data_dir / "images").glob("*")), None)
                            if (gateway.data_dir / "images").exists() else None, 20, message="the upload to start storing")
     image_id = image_dir.name
-    r = requests.delete(f"{gateway.url}/v1/images/{image_id}", timeout=10)
+    r = requests.delete(f"{gateway.url}/v1/images/{image_id}", timeout=60)
     t.join(60)
     assert r.status_code == 409, r.text
     assert r.json()["type"].endswith("/upload-in-progress")
@@ -251,9 +251,9 @@ def test_delete_during_an_upload_is_409_and_the_upload_commits_whole(services):
     manifest = response.json()
     assert manifest["id"] == image_id
     for entry in [manifest["original"], *manifest["variants"]]:
-        assert requests.get(entry["url"], timeout=10).status_code == 200
+        assert requests.get(entry["url"], timeout=60).status_code == 200
     # Once it has answered, DELETE works and removes everything.
-    assert requests.delete(f"{gateway.url}/v1/images/{image_id}", timeout=10).status_code == 204
+    assert requests.delete(f"{gateway.url}/v1/images/{image_id}", timeout=60).status_code == 204
     assert gateway.stored_files() == []
 
 
@@ -262,7 +262,7 @@ def test_temporary_files_are_never_served(guarded):
     directory = guarded.data_dir / "images" / manifest["id"]
     temporary = directory / f".thumb.jpg.{uuid.uuid4()}.tmp"
     temporary.write_bytes(b"partial")
-    r = requests.get(f"{guarded.url}/files/images/{manifest['id']}/{temporary.name}", timeout=10)
+    r = requests.get(f"{guarded.url}/files/images/{manifest['id']}/{temporary.name}", timeout=60)
     assert r.status_code == 404 and b"partial" not in r.content
 
 
@@ -275,11 +275,11 @@ def test_with_api_keys_originals_and_manifests_are_not_public(services):
     original = manifest["original"]["url"]
     manifest_url = original.rsplit("/", 1)[0] + "/manifest.json"
     for url in (original, manifest_url):
-        r = requests.get(url, timeout=10)
+        r = requests.get(url, timeout=60)
         assert r.status_code == 401 and r.headers["Content-Type"] == "application/problem+json"
-        assert requests.get(url, headers=auth, timeout=10).status_code == 200
+        assert requests.get(url, headers=auth, timeout=60).status_code == 200
     for variant in manifest["variants"]:
-        assert requests.get(variant["url"], timeout=10).status_code == 200
+        assert requests.get(variant["url"], timeout=60).status_code == 200
 
 
 def uuid7_at(seconds_ago):
@@ -314,7 +314,7 @@ def test_sweep_removes_old_uploads_without_a_manifest_and_keeps_the_rest(service
     assert "images=1 orphaned_uploads=1 removed_objects=2 recent_without_manifest=1" in result.stdout
     assert not (gateway.data_dir / "images" / old).exists()
     assert (gateway.data_dir / "images" / recent / "thumb.jpg").exists()
-    assert requests.get(f"{gateway.url}/v1/images/{kept['id']}", timeout=10).status_code == 200
+    assert requests.get(f"{gateway.url}/v1/images/{kept['id']}", timeout=60).status_code == 200
 
 
 def s3_gateway(services, seaweed, bucket, *flags):

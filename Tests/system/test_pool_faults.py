@@ -164,5 +164,5 @@ def test_a_processor_of_another_protocol_version_is_refused_clearly(services):
 
 def requests_ready(gateway):
     import requests
-    text = requests.get(gateway.url + "/readyz", timeout=2).text
+    text = requests.get(gateway.url + "/readyz", timeout=60).text
     return int(text.split("ready: ")[1].split()[0])
