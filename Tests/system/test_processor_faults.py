@@ -152,11 +152,14 @@ class Frame:
 
 
 class Conn:
-    """One raw protocol connection."""
+    """One raw protocol connection, closed at the end of the test at the latest."""
+
+    opened = []
 
     def __init__(self, processor, timeout=30):
         self.sock = socket.create_connection((processor.host, processor.port), timeout=timeout)
         self.buffer = b""
+        Conn.opened.append(self)
 
     def send(self, data):
         self.sock.sendall(data)
@@ -197,6 +200,16 @@ class Conn:
 
     def close(self):
         self.sock.close()
+
+
+@pytest.fixture(autouse=True)
+def close_connections(services):
+    """Closes the test's raw connections before its processors are stopped: on SIGTERM a
+    processor waits for its clients to hang up (up to its 25 s drain timeout), and a raw
+    connection left open never would."""
+    yield
+    while Conn.opened:
+        Conn.opened.pop().close()
 
 
 def rss_mb(pid):
