@@ -395,10 +395,11 @@ def test_s3_killed_mid_uploads_leaves_no_orphans_after_cleanup_and_sweep(service
     clients = [threading.Thread(target=client) for _ in range(4)]
     for c in clients:
         c.start()
-    wait_until(lambda: statuses.count(201) >= 4, 60, message="uploads to succeed before the kill")
+    wait_until(lambda: statuses.count(201) >= 4, message="uploads to succeed before the kill")
+    killed_at = time.time()
     weed.signal(signal.SIGKILL)
     weed.proc.wait(10)
-    time.sleep(2)
+    wait_until(lambda: len(kinds) >= 4, message="uploads to fail during the outage")
     stop.set()
     for c in clients:
         c.join(60)
@@ -409,11 +410,23 @@ def test_s3_killed_mid_uploads_leaves_no_orphans_after_cleanup_and_sweep(service
     # The same data directory and ports again: what was stored before the kill is there.
     restarted = services.add(Seaweed.restart(weed))
     env = restarted.gateway_env()
+    # A restarted SeaweedFS answers before it serves the objects it had (a 500 until its volume
+    # is back): wait until a stored manifest reads back.
+    def serves_objects():
+        try:
+            manifest = next(k for k in restarted.keys("killed") if k.endswith("/manifest.json"))
+            restarted.client().get_object(Bucket="killed", Key=manifest)["Body"].read()
+            return True
+        except Exception:
+            return False
+    wait_until(serves_objects, 120, 0.2, "the restarted SeaweedFS to serve what it stored")
     # Cleanups that failed are retried by the gateway; the sweep removes whatever is left of
-    # uploads older than its grace period.
-    time.sleep(7)
+    # uploads older than its grace period. Every upload that may have left objects began before
+    # the kill: once that is longer ago than the grace, the sweep sees all of them (the restart
+    # has usually taken that long already).
+    time.sleep(max(0.0, killed_at + 5.5 - time.time()))
     result = sweep("--storage", "s3", "--s3-endpoint", restarted.endpoint, "--s3-bucket", "killed",
-                   "--upload-timeout", "2s", "--sweep-grace", "6s", env=env)
+                   "--upload-timeout", "1s", "--sweep-grace", "5s", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     print(result.stdout.strip())
     keys = restarted.keys("killed")
