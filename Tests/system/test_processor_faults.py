@@ -244,7 +244,10 @@ class RSSSampler(threading.Thread):
 # ---- 1. bounded memory -------------------------------------------------------------------------
 
 def test_a_client_that_never_reads_costs_bounded_memory_and_others_are_still_served(services):
-    processor = services.processor("--workers", "2", "--queue", "4", "--max-pending-output-bytes", "32m")
+    # A short drain: the flooding connection, no longer read, is not seen to close, and the
+    # processor's SIGTERM at teardown would wait the default 25 s for it.
+    processor = services.processor("--workers", "2", "--queue", "4", "--max-pending-output-bytes", "32m",
+                                   "--drain-timeout", "2s")
     baseline = rss_mb(processor.pid)
     source = photo("Garden.jpg").read_bytes()
     # Full size PNG at zlib level 1: about 5 MB out for 0.26 MB in, made in a few hundred ms.
