@@ -25,10 +25,20 @@ IMAGES = Path(os.environ.get("PRISM_TEST_IMAGES", REPO / ".test-images"))
 C_CLIENT = REPO / ".build-c" / "prism-call"
 
 
+_ports_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, and never one this session has handed out before: the port is
+    not bound until its service starts, so two picked back to back (a processor's protocol
+    and status ports) could otherwise be the same one."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def photo(name):
