@@ -17,12 +17,17 @@ S2=${PRISM_RUN_PROCESSOR2_STATUS_PORT:-9092}
 DATA=${PRISM_DATA_DIR:-$PWD/data}
 LOGS=${PRISM_RUN_LOG_DIR:-$PWD/.run-logs}
 
-# PRISM_RUN_CONFIGURATION=debug reuses the test build (the system tests do this).
+# PRISM_RUN_CONFIGURATION=debug reuses the test build (the system tests do this). PRISM_BIN_DIR
+# runs binaries built elsewhere and builds nothing (the system tests pass it on when they use it).
 CONFIGURATION=${PRISM_RUN_CONFIGURATION:-release}
-echo "building ($CONFIGURATION; the first release build takes several minutes)..." >&2
-swift build -c "$CONFIGURATION" --product prism-processor >&2
-swift build -c "$CONFIGURATION" --product prism-gateway >&2
-BIN=$(swift build -c "$CONFIGURATION" --show-bin-path)
+if [[ -n "${PRISM_BIN_DIR:-}" ]]; then
+  BIN=$PRISM_BIN_DIR
+else
+  echo "building ($CONFIGURATION; the first release build takes several minutes)..." >&2
+  swift build -c "$CONFIGURATION" --product prism-processor >&2
+  swift build -c "$CONFIGURATION" --product prism-gateway >&2
+  BIN=$(swift build -c "$CONFIGURATION" --show-bin-path)
+fi
 
 for port in "$GATEWAY_PORT" "$P1" "$P2" "$S1" "$S2"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

@@ -2,6 +2,11 @@
 
 Every process a fixture starts is stopped by that fixture, by its process id: SIGTERM first
 (the services drain), SIGKILL if it does not exit in time.
+
+Waits here are long (a minute): CI machines are shared, and a stall of ten seconds or more can
+come at any moment. A wait that polls ends as soon as its condition holds, so a long limit costs
+nothing when all is well; what a test asserts about time it measures itself, against the
+alternative it rules out.
 """
 import os
 import re
@@ -20,10 +25,20 @@ IMAGES = Path(os.environ.get("PRISM_TEST_IMAGES", REPO / ".test-images"))
 C_CLIENT = REPO / ".build-c" / "prism-call"
 
 
+_ports_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, and never one this session has handed out before: the port is
+    not bound until its service starts, so two picked back to back (a processor's protocol
+    and status ports) could otherwise be the same one."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def photo(name):
@@ -37,7 +52,7 @@ def edge(name):
 class Service:
     """One child process with its log captured in a file."""
 
-    def __init__(self, name, args, log_dir, env=None, ready_url=None, ready_timeout=30, cwd=None):
+    def __init__(self, name, args, log_dir, env=None, ready_url=None, ready_timeout=60, cwd=None):
         self.name = name
         self.args = [str(a) for a in args]
         self.log_path = Path(log_dir) / f"{name}.log"
@@ -47,7 +62,12 @@ class Service:
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
         self.pid = self.proc.pid
         if ready_url:
-            self.wait_ready(ready_url, ready_timeout)
+            try:
+                self.wait_ready(ready_url, ready_timeout)
+            except BaseException:
+                # No fixture holds this service yet: stop it here rather than leave it running.
+                self.stop()
+                raise
 
     def wait_ready(self, url, timeout):
         deadline = time.monotonic() + timeout
@@ -100,7 +120,7 @@ class Processor(Service):
         return f"{self.host}:{self.port}"
 
     def metrics(self):
-        return requests.get(f"http://{self.host}:{self.status_port}/metrics", timeout=5).text
+        return requests.get(f"http://{self.host}:{self.status_port}/metrics", timeout=60).text
 
     def metric(self, name, labels=None):
         return metric_value(self.metrics(), name, labels)
@@ -129,7 +149,7 @@ def metric_value(text, name, labels=None):
     return total
 
 
-def wait_until(condition, timeout=20, interval=0.02, message="condition"):
+def wait_until(condition, timeout=60, interval=0.02, message="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -154,9 +174,9 @@ class Gateway(Service):
     def url(self):
         return f"http://127.0.0.1:{self.port}"
 
-    def wait_processors(self, count, timeout=20):
+    def wait_processors(self, count, timeout=60):
         def ready():
-            r = requests.get(self.url + "/readyz", timeout=2)
+            r = requests.get(self.url + "/readyz", timeout=60)
             return r.status_code == 200 and f"ready: {count} " in r.text
         wait_until(ready, timeout, message=f"{count} processors ready")
 
@@ -167,7 +187,7 @@ class Gateway(Service):
                                  headers=headers, timeout=timeout)
 
     def metrics(self):
-        return requests.get(self.url + "/metrics", timeout=5).text
+        return requests.get(self.url + "/metrics", timeout=60).text
 
     def stored_files(self):
         """Every object in the local store (the gateway's data directory)."""
@@ -200,9 +220,22 @@ class Seaweed(Service):
                 "-s3", f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}", f"-s3.config={config}",
                 # Off: their fixed default ports would clash between two SeaweedFS instances.
                 "-s3.port.iceberg=0", "-s3.port.lance=0",
-                "-volume.max=0", "-master.volumeSizeLimitMB=64"]
+                "-volume.max=0", "-master.volumeSizeLimitMB=64",
+                # A restart on old data waits out the election timeout before the master leads:
+                # 18 s at the default 10 s, 3 s with this (one master, nobody else to elect).
+                "-master.electionTimeout=1s"]
         super().__init__("seaweedfs", args, log_dir)
-        wait_until(self._answers, 60, 0.1, "SeaweedFS S3 to answer")
+        try:
+            wait_until(self._answers, 120, 0.1, "SeaweedFS S3 to answer")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout=3):
+        """SIGTERM, then SIGKILL after `timeout` seconds: SeaweedFS's own graceful stop takes
+        25 s (a 15 s gRPC drain, then 10 s for the master to notice the volume leave), and a
+        test's objects are thrown away with its directory anyway."""
+        return super().stop(timeout)
 
     @classmethod
     def restart(cls, old):

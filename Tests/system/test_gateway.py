@@ -62,25 +62,25 @@ def test_upload_makes_every_variant_and_stores_it_on_local_disk(stack):
     assert sizes == {"thumb": (200, 200), "small": (640, 400), "medium": (1280, 800), "large": (2048, 1280), "blur": (640, 400)}
     for entry in manifest["variants"]:
         assert entry["key"] == f"images/{manifest['id']}/{entry['name']}.{EXTENSIONS[entry['format']]}"
-        fetched = requests.get(entry["url"], timeout=10)
+        fetched = requests.get(entry["url"], timeout=60)
         assert fetched.status_code == 200
         assert fetched.headers["Content-Type"] == f"image/{entry['format']}"
         assert "immutable" in fetched.headers["Cache-Control"]
         check_object(fetched.content, entry)
         assert (gateway.data_dir / entry["key"]).read_bytes() == fetched.content
-    assert requests.get(original["url"], timeout=10).content == source.read_bytes()
+    assert requests.get(original["url"], timeout=60).content == source.read_bytes()
 
     # The manifest is stored too, and GET returns it.
-    got = requests.get(f"{gateway.url}/v1/images/{manifest['id']}", timeout=10)
+    got = requests.get(f"{gateway.url}/v1/images/{manifest['id']}", timeout=60)
     assert got.status_code == 200 and got.json() == manifest
     # Both processors took part: the variants were split over them.
     assert all(p.metric("prism_processor_calls_succeeded_total") >= 1 for p in processors)
 
     # DELETE removes everything.
-    deleted = requests.delete(f"{gateway.url}/v1/images/{manifest['id']}", timeout=10)
+    deleted = requests.delete(f"{gateway.url}/v1/images/{manifest['id']}", timeout=60)
     assert deleted.status_code == 204
-    assert requests.get(f"{gateway.url}/v1/images/{manifest['id']}", timeout=10).status_code == 404
-    assert requests.get(manifest["variants"][0]["url"], timeout=10).status_code == 404
+    assert requests.get(f"{gateway.url}/v1/images/{manifest['id']}", timeout=60).status_code == 404
+    assert requests.get(manifest["variants"][0]["url"], timeout=60).status_code == 404
     assert gateway.stored_files() == []
 
 
@@ -125,7 +125,7 @@ def test_the_default_recipe_makes_the_documented_sizes_and_formats_from_real_pho
     assert (manifest["original"]["width"], manifest["original"]["height"]) == upright
     made = {}
     for entry in manifest["variants"]:
-        data = requests.get(entry["url"], timeout=10).content
+        data = requests.get(entry["url"], timeout=60).content
         image = pyvips.Image.new_from_buffer(data, "")
         made[entry["name"]] = image
         fit, box_width, box_height, fmt = DEFAULT_PROMISE[entry["name"]]
@@ -152,7 +152,7 @@ def test_raw_body_upload_with_curl_and_recipes_listing(stack):
     manifest = json.loads(body)
     assert manifest["original"]["format"] == "webp"
     assert manifest["original"]["key"].endswith("/original.webp")
-    recipes = requests.get(f"{gateway.url}/v1/recipes", timeout=5).json()["recipes"]
+    recipes = requests.get(f"{gateway.url}/v1/recipes", timeout=60).json()["recipes"]
     by_name = {r["name"]: r for r in recipes}
     assert {"default", "slow", "doomed", "pair"} <= set(by_name)
     thumb = by_name["default"]["variants"][0]
@@ -162,7 +162,8 @@ def test_raw_body_upload_with_curl_and_recipes_listing(stack):
 @pytest.mark.parametrize("storage", ["local", "s3"])
 def test_a_failing_variant_cancels_the_slow_one_and_leaves_nothing(services, seaweed, storage):
     processors = [services.processor(), services.processor()]
-    flags = ["--recipes", RECIPES]
+    # The upload deadline is two minutes away: only failing fast answers the doomed upload sooner.
+    flags = ["--recipes", RECIPES, "--upload-timeout", "120s"]
     env = None
     bucket = f"doomed-{storage}"
     if storage == "s3":
@@ -172,34 +173,38 @@ def test_a_failing_variant_cancels_the_slow_one_and_leaves_nothing(services, sea
     gateway.wait_processors(2)
     source = edge("large-19mp.jpg")
 
-    start = time.monotonic()
-    slow = gateway.upload(source, recipe="slow")
-    full = time.monotonic() - start
-    assert slow.status_code == 201, slow.text
-    slow_id = slow.json()["id"]
+    # An earlier upload, which must survive the failed one.
+    kept = gateway.upload(photo("Dune.jpg"))
+    assert kept.status_code == 201, kept.text
+    kept_id = kept.json()["id"]
+    made = processors_metric(processors, "prism_processor_calls_succeeded_total")
 
     start = time.monotonic()
-    doomed = gateway.upload(source, recipe="doomed")
+    doomed = gateway.upload(source, recipe="doomed", timeout=150)
     failed_after = time.monotonic() - start
+    print(f"the doomed upload failed after {failed_after:.2f}s")
     assert doomed.status_code == 422, doomed.text
     problem = doomed.json()
     assert doomed.headers["Content-Type"] == "application/problem+json"
     assert problem["status"] == 422 and problem["variant"] == "bad"
     assert "outside" in problem["detail"]
-    assert failed_after < full / 3, f"the error took {failed_after:.2f}s; the slow variant alone takes {full:.2f}s"
+    # Answered by the failure, not at the 120 s deadline.
+    assert failed_after < 60, f"the error took {failed_after:.2f}s"
 
-    # The processor working on the slow variant was told to stop, and did.
-    wait_until(lambda: processors_metric(processors, "prism_processor_jobs_running") == 0, 10, message="jobs to stop")
-    wait_until(lambda: processors_metric(processors, "prism_processor_calls_cancelled_total") == 1, 5, message="the cancel to be counted")
-    cancelled_work = processors_metric(processors, "prism_processor_job_seconds_sum", 'outcome="cancelled"')
-    assert 0 < cancelled_work < full / 3
+    # The processor working on the slow variant was told to stop, and did: its call was
+    # cancelled and its job ended as cancelled, never completed. Had the gateway waited for the
+    # slow variant, or left it running, that job would have ended "ok" and its call succeeded.
+    wait_until(lambda: processors_metric(processors, "prism_processor_jobs_running") == 0, message="jobs to stop")
+    wait_until(lambda: processors_metric(processors, "prism_processor_calls_cancelled_total") == 1, message="the cancel to be counted")
+    assert processors_metric(processors, "prism_processor_job_seconds_count", 'outcome="cancelled"') == 1
+    assert processors_metric(processors, "prism_processor_calls_succeeded_total") == made
 
     # Nothing of the failed upload is stored: only the earlier successful upload remains.
     if storage == "local":
         remaining = gateway.stored_files()
     else:
         remaining = seaweed.keys(bucket)
-    assert remaining and all(key.startswith(f"images/{slow_id}/") for key in remaining), remaining
+    assert remaining and all(key.startswith(f"images/{kept_id}/") for key in remaining), remaining
 
 
 def test_s3_store_objects_are_listed_fetched_and_deleted_through_the_s3_api(services, seaweed):
@@ -228,10 +233,10 @@ def test_s3_store_objects_are_listed_fetched_and_deleted_through_the_s3_api(serv
     assert original["ContentType"] == "image/jpeg"
     assert original["Body"].read() == photo("Wood.jpg").read_bytes()
 
-    assert requests.get(f"{gateway.url}/v1/images/{image_id}", timeout=10).json() == manifest
-    assert requests.delete(f"{gateway.url}/v1/images/{image_id}", timeout=10).status_code == 204
+    assert requests.get(f"{gateway.url}/v1/images/{image_id}", timeout=60).json() == manifest
+    assert requests.delete(f"{gateway.url}/v1/images/{image_id}", timeout=60).status_code == 204
     assert seaweed.keys("prism-e2e", f"tenant1/images/{image_id}/") == []
-    assert requests.get(f"{gateway.url}/v1/images/{image_id}", timeout=10).status_code == 404
+    assert requests.get(f"{gateway.url}/v1/images/{image_id}", timeout=60).status_code == 404
 
 
 def test_a_processor_killed_mid_upload_has_its_call_retried(services):
@@ -244,7 +249,7 @@ def test_a_processor_killed_mid_upload_has_its_call_retried(services):
     wait_until(lambda: all(p.metric("prism_processor_jobs_running") == 1 for p in processors), message="both processors busy")
     victim = processors[0]
     victim.signal(signal.SIGKILL)
-    thread.join(60)
+    thread.join(120)
     response = result["r"]
     assert response.status_code == 201, response.text
     assert {v["name"] for v in response.json()["variants"]} == {"a", "b"}
@@ -254,19 +259,22 @@ def test_a_processor_killed_mid_upload_has_its_call_retried(services):
 
 def test_with_every_processor_down_uploads_get_503_with_retry_after_quickly(services):
     processors = [services.processor(), services.processor()]
-    gateway = services.gateway(processors)
+    # The upload deadline is two minutes away: an upload that waited for a processor to come
+    # back would be answered only then.
+    gateway = services.gateway(processors, "--upload-timeout", "120s")
     gateway.wait_processors(2)
     for p in processors:
         p.signal(signal.SIGKILL)
         p.proc.wait(10)
-    wait_until(lambda: requests.get(gateway.url + "/readyz", timeout=2).status_code == 503, message="readyz to say not ready")
+    wait_until(lambda: requests.get(gateway.url + "/readyz", timeout=60).status_code == 503, message="readyz to say not ready")
     start = time.monotonic()
-    response = gateway.upload(photo("Dune.jpg"))
+    response = gateway.upload(photo("Dune.jpg"), timeout=150)
     elapsed = time.monotonic() - start
     assert response.status_code == 503, response.text
     assert int(response.headers["Retry-After"]) >= 1
     assert response.headers["Content-Type"] == "application/problem+json"
-    assert elapsed < 5, f"took {elapsed:.1f}s"
+    assert response.json()["type"].endswith("/no-processors"), response.text
+    assert elapsed < 60, f"took {elapsed:.1f}s: waited for a processor, not answered at once"
     assert gateway.stored_files() == []
 
 
@@ -317,7 +325,7 @@ def test_body_over_the_limit_is_413(keyed_stack):
     (b"anything", "multipart/form-data", "boundary"),
 ])
 def test_broken_multipart_is_400(keyed_stack, body, content_type, detail):
-    response = requests.post(keyed_stack.url + "/v1/images", data=body, headers={**AUTH, "Content-Type": content_type}, timeout=10)
+    response = requests.post(keyed_stack.url + "/v1/images", data=body, headers={**AUTH, "Content-Type": content_type}, timeout=60)
     assert response.status_code == 400, response.text
     assert detail in response.json()["detail"]
 
@@ -328,39 +336,47 @@ def test_api_keys_are_required_when_configured(keyed_stack):
     assert missing.headers["WWW-Authenticate"].startswith("Bearer")
     wrong = keyed_stack.upload(photo("Dune.jpg"), headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
-    assert requests.get(keyed_stack.url + "/v1/recipes", timeout=5).status_code == 401
+    assert requests.get(keyed_stack.url + "/v1/recipes", timeout=60).status_code == 401
     ok = keyed_stack.upload(photo("Dune.jpg"), headers={"Authorization": "Bearer k1"})
     assert ok.status_code == 201, ok.text
     # Operational routes stay open.
-    assert requests.get(keyed_stack.url + "/healthz", timeout=5).status_code == 200
+    assert requests.get(keyed_stack.url + "/healthz", timeout=60).status_code == 200
 
 
 def test_unknown_recipe_and_unknown_image_are_clear(stack):
     gateway, _ = stack
     response = gateway.upload(photo("Dune.jpg"), recipe="nope")
     assert response.status_code == 400 and "known recipes" in response.json()["detail"]
-    assert requests.get(gateway.url + "/v1/images/not-an-id", timeout=5).status_code == 404
-    assert requests.get(gateway.url + "/v1/images/01234567-89ab-7def-8123-456789abcdef", timeout=5).status_code == 404
-    assert requests.get(gateway.url + "/nowhere", timeout=5).json()["status"] == 404
+    assert requests.get(gateway.url + "/v1/images/not-an-id", timeout=60).status_code == 404
+    assert requests.get(gateway.url + "/v1/images/01234567-89ab-7def-8123-456789abcdef", timeout=60).status_code == 404
+    assert requests.get(gateway.url + "/nowhere", timeout=60).json()["status"] == 404
 
 
 def test_past_the_concurrent_upload_limit_the_next_upload_is_429_until_a_slot_frees(services):
     processors = [services.processor()]
-    gateway = services.gateway(processors, "--recipes", RECIPES, "--max-concurrent-uploads", "2")
+    # Pings far apart: the processor is stopped for a while below without being dropped.
+    gateway = services.gateway(processors, "--max-concurrent-uploads", "2", "--processor-ping-interval", "300s",
+                               "--processor-ping-timeout", "300s")
     gateway.wait_processors(1)
     results = []
-    held = [threading.Thread(target=lambda: results.append(gateway.upload(edge("large-19mp.jpg"), recipe="slow")))
+    held = [threading.Thread(target=lambda: results.append(gateway.upload(photo("Dune.jpg"))))
             for _ in range(2)]
-    for thread in held:
-        thread.start()
-    wait_until(lambda: metric_value(gateway.metrics(), "prism_gateway_uploads_in_flight") == 2, message="both slots taken")
-    refused = gateway.upload(photo("Dune.jpg"))
+    # The processor is stopped until the third upload is answered: the first two surely hold
+    # their slots until then, however slowly this machine runs.
+    processors[0].signal(signal.SIGSTOP)
+    try:
+        for thread in held:
+            thread.start()
+        wait_until(lambda: metric_value(gateway.metrics(), "prism_gateway_uploads_in_flight") == 2, message="both slots taken")
+        refused = gateway.upload(photo("Dune.jpg"))
+    finally:
+        processors[0].signal(signal.SIGCONT)
     assert refused.status_code == 429, refused.text
     assert refused.headers["Retry-After"] == "1"
     assert refused.headers["Content-Type"] == "application/problem+json"
     assert refused.json()["type"].endswith("/too-many-uploads")
     for thread in held:
-        thread.join(60)
+        thread.join(120)
     assert [r.status_code for r in results] == [201, 201], [r.text for r in results]
     # The slots are given back.
     assert gateway.upload(photo("Dune.jpg")).status_code == 201
@@ -377,7 +393,8 @@ def upload_requests_answered(gateway):
 
 def test_a_client_that_disconnects_leaves_no_work_running_and_nothing_stored(services):
     processors = [services.processor(), services.processor()]
-    gateway = services.gateway(processors, "--recipes", RECIPES)
+    # The upload deadline is two minutes away: only the disconnect can stop the work sooner.
+    gateway = services.gateway(processors, "--recipes", RECIPES, "--upload-timeout", "120s")
     gateway.wait_processors(2)
     data = edge("large-19mp.jpg").read_bytes()
     head = (f"POST /v1/images?recipe=slow HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
@@ -387,7 +404,7 @@ def test_a_client_that_disconnects_leaves_no_work_running_and_nothing_stored(ser
     # call was made and nothing was stored.
     with socket.create_connection(("127.0.0.1", gateway.port)) as s:
         s.sendall(head + data[: len(data) // 2])
-    wait_until(lambda: upload_requests_answered(gateway) == 1, 10, message="the gateway to finish the cut-off request")
+    wait_until(lambda: upload_requests_answered(gateway) == 1, message="the gateway to finish the cut-off request")
     assert processors_metric(processors, "prism_processor_calls_started_total") == 0
     assert gateway.stored_files() == []
 
@@ -396,35 +413,45 @@ def test_a_client_that_disconnects_leaves_no_work_running_and_nothing_stored(ser
     s = socket.create_connection(("127.0.0.1", gateway.port))
     s.sendall(head + data)
     wait_until(lambda: processors_metric(processors, "prism_processor_jobs_running") == 1, message="the slow job to start")
-    wait_until(lambda: any(f.endswith("/original.jpg") for f in gateway.stored_files()), 10, message="the original to be stored")
+    wait_until(lambda: any(f.endswith("/original.jpg") for f in gateway.stored_files()), message="the original to be stored")
     s.close()
     start = time.monotonic()
-    wait_until(lambda: processors_metric(processors, "prism_processor_jobs_running") == 0, 10, message="the job to stop")
+    wait_until(lambda: processors_metric(processors, "prism_processor_jobs_running") == 0, message="the job to stop")
     stopped_after = time.monotonic() - start
-    assert stopped_after < 2, f"work went on for {stopped_after:.1f}s after the client left"
-    wait_until(lambda: processors_metric(processors, "prism_processor_calls_cancelled_total") == 1, 5, message="the cancel to be counted")
-    wait_until(lambda: metric_value(gateway.metrics(), "prism_gateway_uploads_cancelled_total") == 1, 5, message="the gateway to count it")
-    wait_until(lambda: gateway.stored_files() == [], 5, message="the store to be clean")
+    print(f"the job stopped {stopped_after:.2f}s after the client left")
+    assert stopped_after < 60, f"work went on for {stopped_after:.1f}s after the client left, as if to the deadline"
+    # Stopped, not finished: the call was cancelled and the running job ended as cancelled.
+    wait_until(lambda: processors_metric(processors, "prism_processor_calls_cancelled_total") == 1, message="the cancel to be counted")
+    assert processors_metric(processors, "prism_processor_job_seconds_count", 'outcome="cancelled"') == 1
+    assert processors_metric(processors, "prism_processor_calls_succeeded_total") == 0
+    wait_until(lambda: metric_value(gateway.metrics(), "prism_gateway_uploads_cancelled_total") == 1, message="the gateway to count it")
+    wait_until(lambda: gateway.stored_files() == [], message="the store to be clean")
 
 
 def test_storage_failure_answers_503_and_stops_the_processors(services):
     from conftest import free_port
     processors = [services.processor()]
     dead = f"http://127.0.0.1:{free_port()}"
+    # The upload deadline is two minutes away: an answer that waited for the slow variant, or
+    # for the deadline, would come much later than the store's failure.
     gateway = services.gateway(processors, "--recipes", RECIPES, "--storage", "s3", "--s3-endpoint", dead,
-                               "--s3-bucket", "nowhere", env={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"})
+                               "--s3-bucket", "nowhere", "--upload-timeout", "120s",
+                               env={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"})
     gateway.wait_processors(1)
     start = time.monotonic()
-    response = gateway.upload(edge("large-19mp.jpg"), recipe="slow")
+    response = gateway.upload(edge("large-19mp.jpg"), recipe="slow", timeout=150)
+    took = time.monotonic() - start
+    print(f"answered {response.status_code} after {took:.2f}s")
     assert response.status_code == 503, response.text
-    assert time.monotonic() - start < 3
+    assert took < 60, f"answered after {took:.1f}s"
     problem = response.json()
     assert problem["type"].endswith("/storage-unavailable")
     assert int(response.headers["Retry-After"]) >= 1
     assert "127.0.0.1" not in response.text and "nowhere" not in response.text
     # The variant being made when the store failed was cancelled, not finished for nothing.
-    wait_until(lambda: processors[0].metric("prism_processor_calls_cancelled_total") == 1, 10, message="the call to be cancelled")
-    wait_until(lambda: processors[0].metric("prism_processor_jobs_running") == 0, 10, message="the job to stop")
+    wait_until(lambda: processors[0].metric("prism_processor_calls_cancelled_total") == 1, message="the call to be cancelled")
+    wait_until(lambda: processors[0].metric("prism_processor_jobs_running") == 0, message="the job to stop")
+    assert processors[0].metric("prism_processor_calls_succeeded_total") == 0
 
 
 def test_an_upload_past_its_deadline_is_504_and_leaves_nothing(services):
@@ -434,12 +461,14 @@ def test_an_upload_past_its_deadline_is_504_and_leaves_nothing(services):
     start = time.monotonic()
     response = gateway.upload(edge("large-19mp.jpg"), recipe="slow")
     took = time.monotonic() - start
+    print(f"answered {response.status_code} after {took:.2f}s (deadline 1s)")
     assert response.status_code == 504, response.text
     assert response.json()["type"].endswith("/deadline-exceeded")
-    assert took < 3, f"answered after {took:.1f}s"
-    # The processor stopped at the same deadline (it travelled in the call).
-    wait_until(lambda: processors[0].metric("prism_processor_jobs_running") == 0, 10, message="the job to stop")
-    assert processors[0].metric("prism_processor_job_seconds_sum", 'outcome="deadline"') < 2
+    # The processor stopped at the same deadline (it travelled in the call): the slow variant
+    # was never completed. Had the processor not known the deadline, it would have finished
+    # the variant for nothing and counted a success.
+    wait_until(lambda: processors[0].metric("prism_processor_jobs_running") == 0, message="the job to stop")
+    assert processors[0].metric("prism_processor_calls_succeeded_total") == 0
     assert gateway.stored_files() == []
 
 

@@ -199,7 +199,7 @@ def test_cors_preflight_from_an_allowed_origin_and_not_from_others(services):
     # Another origin: no allow header, on the preflight or on the actual request.
     status, headers, _ = preflight(gateway.url + "/v1/images", "https://evil.example.net")
     assert "access-control-allow-origin" not in headers and status != 204
-    r = requests.get(gateway.url + "/v1/recipes", headers={"Origin": "https://evil.example.net"}, timeout=10)
+    r = requests.get(gateway.url + "/v1/recipes", headers={"Origin": "https://evil.example.net"}, timeout=60)
     assert r.status_code == 200 and "Access-Control-Allow-Origin" not in r.headers
 
     # Actual requests from the allowed origin: a success, an error, a stored file.
@@ -211,7 +211,7 @@ def test_cors_preflight_from_an_allowed_origin_and_not_from_others(services):
     exposed = {h.strip().lower() for h in r.headers["Access-Control-Expose-Headers"].split(",")}
     assert {"location", "x-request-id", "retry-after", "idempotent-replayed"} <= exposed
     assert "origin" in r.headers["Vary"].lower()
-    missing = requests.get(gateway.url + "/v1/images/" + str(uuid.uuid4()), headers={"Origin": ORIGIN}, timeout=10)
+    missing = requests.get(gateway.url + "/v1/images/" + str(uuid.uuid4()), headers={"Origin": ORIGIN}, timeout=60)
     assert missing.status_code == 404 and missing.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert missing.headers["Content-Type"] == "application/problem+json"
     status, headers, _ = curl("-I", "-H", f"Origin: {ORIGIN}", r.json()["variants"][0]["url"])
@@ -227,13 +227,13 @@ def test_cors_any_origin_and_off_by_default(services):
     anyone = services.gateway([processor], "--cors-origins", "*")
     status, headers, _ = preflight(anyone.url + "/v1/images", "https://whoever.example")
     assert status == 204 and headers["access-control-allow-origin"] == "*"
-    r = requests.get(anyone.url + "/v1/recipes", headers={"Origin": "https://whoever.example"}, timeout=10)
+    r = requests.get(anyone.url + "/v1/recipes", headers={"Origin": "https://whoever.example"}, timeout=60)
     assert r.headers["Access-Control-Allow-Origin"] == "*"
 
     closed = services.gateway([processor])
     status, headers, _ = preflight(closed.url + "/v1/images", ORIGIN)
     assert not any(name.startswith("access-control-") for name in headers)
-    r = requests.get(closed.url + "/v1/recipes", headers={"Origin": ORIGIN}, timeout=10)
+    r = requests.get(closed.url + "/v1/recipes", headers={"Origin": ORIGIN}, timeout=60)
     assert not any(name.lower().startswith("access-control-") for name in r.headers)
 
 

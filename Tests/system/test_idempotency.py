@@ -1,6 +1,7 @@
 """Idempotency-Key on POST /v1/images with real retries against the real binaries, on the local
 store and on S3 (SeaweedFS): a client killed mid-upload retries and gets one image; a duplicate
 while the first runs gets 409; the key with another image gets 422."""
+import signal
 import subprocess
 import threading
 import time
@@ -10,10 +11,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BIN, edge, photo, wait_until
+from conftest import BIN, photo, wait_until
 
 RECIPES = str(Path(__file__).parent / "recipes_for_tests.json")
-SLOW_SOURCE = edge("large-19mp.jpg")
+# Uploads are held in flight by stopping the processor, not by slow work: a photo made quickly
+# keeps the tests short.
+SOURCE = photo("Garden.jpg")
 
 
 class Stack:
@@ -23,7 +26,8 @@ class Stack:
         self.storage = storage
         self.seaweed = seaweed
         self.bucket = f"idem-{uuid.uuid4().hex[:8]}"
-        flags = ["--recipes", RECIPES, *extra]
+        # Pings far apart: a test may stop the processor for a moment without it being dropped.
+        flags = ["--recipes", RECIPES, "--processor-ping-interval", "300s", "--processor-ping-timeout", "300s", *extra]
         env = None
         if storage == "s3":
             flags += ["--storage", "s3", "--s3-endpoint", seaweed.endpoint, "--s3-bucket", self.bucket,
@@ -77,28 +81,33 @@ def curl_upload(stack, key, recipe):
     """A client in its own process, to be killed mid-flight."""
     return subprocess.Popen(
         ["curl", "-sS", "-o", "/dev/null", "-H", f"Idempotency-Key: {key}",
-         "-F", f"file=@{SLOW_SOURCE}", f"{stack.gateway.url}/v1/images?recipe={recipe}"],
+         "-F", f"file=@{SOURCE}", f"{stack.gateway.url}/v1/images?recipe={recipe}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def test_a_client_killed_mid_upload_retries_and_gets_one_image(stack):
     key = str(uuid.uuid4())
-    client = curl_upload(stack, key, "slow")
-    # The body has arrived and processing runs once the key's marker exists.
-    wait_until(lambda: stack.records(), 30, 0.01, "the idempotency marker")
-    client.kill()
-    client.wait(10)
+    # The processor is stopped until the client is killed: the upload is surely mid-flight then.
+    stack.processor.signal(signal.SIGSTOP)
+    try:
+        client = curl_upload(stack, key, "slow")
+        # The body has arrived and processing runs once the key's marker exists.
+        wait_until(lambda: stack.records(), 60, 0.01, "the idempotency marker")
+        client.kill()
+        client.wait(10)
+    finally:
+        stack.processor.signal(signal.SIGCONT)
 
-    first = stack.post_until_answered(SLOW_SOURCE, key, "slow")
+    first = stack.post_until_answered(SOURCE, key, "slow")
     assert first.status_code == 201, first.text
     image_id = first.json()["id"]
-    again = stack.post(SLOW_SOURCE, key, "slow")
+    again = stack.post(SOURCE, key, "slow")
     assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
     assert again.json() == first.json()
     assert again.headers["Location"] == f"/v1/images/{image_id}"
     # One image: the killed upload was cancelled and removed (or had committed and is the one
     # replayed), never a second.
-    wait_until(lambda: stack.image_ids() == [image_id], 20, 0.1, f"only {image_id} in the store: {stack.keys()}")
+    wait_until(lambda: stack.image_ids() == [image_id], 60, 0.1, f"only {image_id} in the store: {stack.keys()}")
     assert stack.manifests() == [f"images/{image_id}/manifest.json"]
     assert len(stack.records()) == 1
 
@@ -106,16 +115,22 @@ def test_a_client_killed_mid_upload_retries_and_gets_one_image(stack):
 def test_a_duplicate_while_the_first_runs_gets_409_then_the_same_image(stack):
     key = str(uuid.uuid4())
     result = {}
-    first = threading.Thread(target=lambda: result.update(r=stack.post(SLOW_SOURCE, key, "slow")))
-    first.start()
-    wait_until(lambda: stack.records(), 30, 0.01, "the idempotency marker")
-    duplicate = stack.post(SLOW_SOURCE, key, "slow")
-    first.join(90)
+    first = threading.Thread(target=lambda: result.update(r=stack.post(SOURCE, key, "slow")))
+    # The processor is stopped until the duplicate is answered: the first upload is surely
+    # still running then, however slowly this machine goes.
+    stack.processor.signal(signal.SIGSTOP)
+    try:
+        first.start()
+        wait_until(lambda: stack.records(), 60, 0.01, "the idempotency marker")
+        duplicate = stack.post(SOURCE, key, "slow")
+    finally:
+        stack.processor.signal(signal.SIGCONT)
+    first.join(120)
     assert duplicate.status_code == 409, duplicate.text
     problem = duplicate.json()
     assert problem["type"].endswith("/idempotency-key-in-use") and int(duplicate.headers["Retry-After"]) > 0
     assert result["r"].status_code == 201
-    replay = stack.post(SLOW_SOURCE, key, "slow")
+    replay = stack.post(SOURCE, key, "slow")
     assert replay.status_code == 201 and replay.json()["id"] == result["r"].json()["id"]
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in result["r"].headers

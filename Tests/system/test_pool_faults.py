@@ -1,6 +1,6 @@
 """The gateway's processor pool against sick processors (issue 8).
 
-A hung host (SIGSTOP keeps its sockets open and silent) must cost an upload at most one ping
+A hung host (SIGSTOP keeps its sockets open and silent) must cost an upload about one ping
 interval plus one ping timeout, not the upload deadline; a processor speaking another protocol
 version must be refused clearly without wedging anything.
 """
@@ -12,11 +12,13 @@ import time
 
 from conftest import metric_value, photo, wait_until
 
-# The pool's defaults (ProcessorPoolConfiguration): a silent processor is noticed within
-# PING_INTERVAL + PING_TIMEOUT seconds. The gateway has no flags for them yet.
+# A silent processor is noticed within PING_INTERVAL + PING_TIMEOUT seconds (the gateway's
+# defaults, given explicitly). The upload deadline is far beyond: an upload that outlives half of
+# it was failed over by the deadline, not by the ping. No tighter bound is asserted: a shared
+# machine can stall for ten seconds and more.
 PING_INTERVAL = 2
 PING_TIMEOUT = 2
-UPLOAD_TIMEOUT = 30
+UPLOAD_TIMEOUT = 120
 
 
 def upload_all(gateway, path, count):
@@ -39,7 +41,9 @@ def upload_all(gateway, path, count):
 def test_a_hung_processor_costs_an_upload_at_most_a_ping_timeout(services):
     processors = [services.processor(), services.processor()]
     # Every upload is split over both processors, so every one of them has a call on the hung one.
-    gateway = services.gateway(processors, "--split", "always")
+    gateway = services.gateway(processors, "--split", "always", "--upload-timeout", f"{UPLOAD_TIMEOUT}s",
+                               "--processor-ping-interval", f"{PING_INTERVAL}s",
+                               "--processor-ping-timeout", f"{PING_TIMEOUT}s")
     gateway.wait_processors(2)
     source = photo("Garden.jpg")
     assert gateway.upload(source).status_code == 201
@@ -52,19 +56,19 @@ def test_a_hung_processor_costs_an_upload_at_most_a_ping_timeout(services):
         timings = sorted(round(seconds, 2) for _, seconds, _ in results)
         print(f"uploads with one processor stopped: {timings} s")
         assert [status for status, _, _ in results] == [201] * 8, results
-        bound = PING_INTERVAL + PING_TIMEOUT + 10
-        assert max(timings) < bound, f"an upload took {max(timings)} s; detection should take under {PING_INTERVAL + PING_TIMEOUT} s"
-        assert max(timings) < UPLOAD_TIMEOUT / 2, "nowhere near the upload deadline"
+        assert max(timings) < UPLOAD_TIMEOUT / 2, (f"an upload took {max(timings)} s: failed over at the deadline, "
+                                                   f"not by the ping ({PING_INTERVAL + PING_TIMEOUT} s)")
         retries = metric_value(gateway.metrics(), "prism_gateway_call_retries_total") - retries_before
         print(f"calls retried on the healthy processor: {retries:.0f}")
         assert retries >= 1, "the calls on the hung processor failed over"
+        # ...because the ping went unanswered.
         assert "processor stopped answering" in gateway.log()
         # The hung one is out of the pool until it answers again.
-        gateway.wait_processors(1, timeout=5)
+        gateway.wait_processors(1)
     finally:
         hung.signal(signal.SIGCONT)
     # Back from the dead: the pool reconnects it.
-    gateway.wait_processors(2, timeout=30)
+    gateway.wait_processors(2)
     assert gateway.upload(source).status_code == 201
 
 
@@ -138,31 +142,32 @@ class FutureProcessor:
 def test_a_processor_of_another_protocol_version_is_refused_clearly(services):
     future = services.add(FutureProcessor(version=2))
     real = services.processor()
-    gateway = services.gateway([future, real])
+    # A two-minute drain: a shutdown held up by the v2 processor would wait for it.
+    gateway = services.gateway([future, real], "--drain-timeout", "120s")
     gateway.wait_processors(1)
     source = photo("Garden.jpg")
     for _ in range(3):
         response = gateway.upload(source)
         assert response.status_code == 201, response.text
 
-    wait_until(lambda: "protocol version 2" in gateway.log(), 10, message="a version error in the gateway log")
+    wait_until(lambda: "protocol version 2" in gateway.log(), message="a version error in the gateway log")
     line = next(l for l in gateway.log().splitlines() if "protocol version 2" in l)
     print(line)
     assert "unsupportedVersion" in line or "UNSUPPORTED_VERSION" in line.upper()
     # Not wedged: the pool keeps trying it, with backoff.
-    wait_until(lambda: future.connections >= 2, 10, message="a reconnect to the v2 processor")
+    wait_until(lambda: future.connections >= 2, message="a reconnect to the v2 processor")
     assert requests_ready(gateway) == 1
 
     start = time.monotonic()
     gateway.signal(signal.SIGTERM)
-    gateway.proc.wait(15)
+    gateway.proc.wait(90)
     elapsed = time.monotonic() - start
     print(f"gateway stopped {elapsed:.2f} s after SIGTERM")
-    assert elapsed < 5
+    assert elapsed < 60, "the shutdown waited for the drain deadline"
     assert gateway.proc.returncode == 0
 
 
 def requests_ready(gateway):
     import requests
-    text = requests.get(gateway.url + "/readyz", timeout=2).text
+    text = requests.get(gateway.url + "/readyz", timeout=60).text
     return int(text.split("ready: ")[1].split()[0])

@@ -63,21 +63,28 @@ def test_request_id_travels_into_the_processor_log(services, c_client, tmp_path)
 
 
 def test_sigterm_lets_the_call_in_flight_finish_then_exits(services, c_client, tmp_path):
-    processor = services.processor("--workers", "1")
+    # A two-minute drain deadline: a processor that waited for it, rather than exiting once its
+    # last call was done, would still be running long after the call finished.
+    processor = services.processor("--workers", "1", "--drain-timeout", "120s")
     slow = subprocess.Popen(
         [c_client, "--port", str(processor.port), "--in", edge("large-19mp.jpg"), "--out", tmp_path / "slow.jpg",
-         "--width", "5120", "--blur", "12"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--width", "5120", "--blur", "12", "--timeout-ms", "120000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_until(lambda: processor.metric("prism_processor_jobs_running") == 1, message="the slow job to start")
-    start = time.monotonic()
     processor.signal(signal.SIGTERM)
-    out, err = slow.communicate(timeout=60)
+    out, err = slow.communicate(timeout=150)
+    # The call finished: cut at a drain deadline, it would have failed.
     assert slow.returncode == 0, err
     assert out.startswith("5120x3840")
-    processor.proc.wait(30)
+    finished = time.monotonic()
+    processor.proc.wait(150)
+    exited_after = time.monotonic() - finished
+    print(f"the processor exited {exited_after:.2f} s after its last call finished")
     assert processor.proc.returncode == 0
     log = processor.log()
     assert "draining" in log and "processor stopped" in log
-    assert time.monotonic() - start < 30
+    assert "drain timeout" not in log
+    assert exited_after < 60, "exited once its last call was done, not at the drain deadline"
 
 
 @pytest.mark.parametrize("args,env,text", [

@@ -2,7 +2,9 @@
 
 The frames are built and read by hand (a few lines of protobuf wire format below), so these
 tests depend on nothing but PROTOCOL.md and prism.proto: what a third-party client would see.
-Timing bounds are generous (the machine is shared and noisy); every test prints what it
+The machine is shared and can stall for ten seconds or more: a timing bound sits against the
+alternative it rules out (a deadline the test sets far off, or a time measured in the same
+run), and the mechanism (error codes, metrics) is checked too. Every test prints what it
 measured.
 """
 import signal
@@ -150,11 +152,14 @@ class Frame:
 
 
 class Conn:
-    """One raw protocol connection."""
+    """One raw protocol connection, closed at the end of the test at the latest."""
+
+    opened = []
 
     def __init__(self, processor, timeout=30):
         self.sock = socket.create_connection((processor.host, processor.port), timeout=timeout)
         self.buffer = b""
+        Conn.opened.append(self)
 
     def send(self, data):
         self.sock.sendall(data)
@@ -197,6 +202,16 @@ class Conn:
         self.sock.close()
 
 
+@pytest.fixture(autouse=True)
+def close_connections(services):
+    """Closes the test's raw connections before its processors are stopped: on SIGTERM a
+    processor waits for its clients to hang up (up to its 25 s drain timeout), and a raw
+    connection left open never would."""
+    yield
+    while Conn.opened:
+        Conn.opened.pop().close()
+
+
 def rss_mb(pid):
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -229,7 +244,10 @@ class RSSSampler(threading.Thread):
 # ---- 1. bounded memory -------------------------------------------------------------------------
 
 def test_a_client_that_never_reads_costs_bounded_memory_and_others_are_still_served(services):
-    processor = services.processor("--workers", "2", "--queue", "4", "--max-pending-output-bytes", "32m")
+    # A short drain: the flooding connection, no longer read, is not seen to close, and the
+    # processor's SIGTERM at teardown would wait the default 25 s for it.
+    processor = services.processor("--workers", "2", "--queue", "4", "--max-pending-output-bytes", "32m",
+                                   "--drain-timeout", "2s")
     baseline = rss_mb(processor.pid)
     source = photo("Garden.jpg").read_bytes()
     # Full size PNG at zlib level 1: about 5 MB out for 0.26 MB in, made in a few hundred ms.
@@ -257,14 +275,16 @@ def test_a_client_that_never_reads_costs_bounded_memory_and_others_are_still_ser
     polite.open()
     small = edge("grey.jpg").read_bytes()
     served, waits, call_id = 0, [], 0
-    end = time.monotonic() + 25
-    while time.monotonic() < end:
+    # Ten calls served under at least 15 s of flooding (unbounded buffering would grow by
+    # hundreds of MB a second); a starved polite client would not be served at all.
+    end = time.monotonic() + 15
+    while time.monotonic() < end or served < 10:
         call_id += 1
         start = time.monotonic()
         while True:
             polite.send(request(call_id, small, variant("thumb", resize(64, 64))))
-            last = polite.until_end(call_id, timeout=20)[-1]
-            if last.kind == "error" and last.reason == QUEUE_FULL and time.monotonic() - start < 15:
+            last = polite.until_end(call_id, timeout=60)[-1]
+            if last.kind == "error" and last.reason == QUEUE_FULL and time.monotonic() - start < 60:
                 time.sleep(0.05)
                 call_id += 1
                 continue
@@ -282,11 +302,11 @@ def test_a_client_that_never_reads_costs_bounded_memory_and_others_are_still_ser
     assert processor.alive()
     assert peak < 300, f"processor grew to {peak:.0f} MB"
     assert served >= 10
-    assert max(waits) < 15
 
 
 def test_oversized_first_frames_are_refused_at_once_without_buffering_them(services):
-    processor = services.processor()
+    # A two-minute handshake timeout: only the refusal itself answers these connections sooner.
+    processor = services.processor("--handshake-timeout", "120s")
     sampler = RSSSampler(processor.pid)
     sampler.start()
     chunk = b"\x00" * (1 << 20)
@@ -301,14 +321,14 @@ def test_oversized_first_frames_are_refused_at_once_without_buffering_them(servi
 
     start = time.monotonic()
     for _ in range(16):
-        conn = Conn(processor, timeout=15)
+        conn = Conn(processor, timeout=150)
         conn.send(struct.pack(">I", 60 << 20))
         conns.append(conn)
         pusher = threading.Thread(target=push, args=(conn,), daemon=True)
         pusher.start()
         pushers.append(pusher)
     for conn in conns:
-        answers.append((conn.read(timeout=15), conn.read(timeout=15)))
+        answers.append((conn.read(timeout=150), conn.read(timeout=150)))
     elapsed = time.monotonic() - start
     peak = sampler.stop()
     for conn in conns:
@@ -319,7 +339,8 @@ def test_oversized_first_frames_are_refused_at_once_without_buffering_them(servi
         assert (first.code, first.reason) == (RESOURCE_EXHAUSTED, FRAME_TOO_LARGE)
         assert "/" not in first.message
         assert after is None, "the connection is closed after the error"
-    assert elapsed < 10
+    assert elapsed < 60, "refused from the length prefix, not at the handshake timeout"
+    # Not buffered: 16 x 60 MB would be close to a gigabyte.
     assert peak < 300
 
     conn = Conn(processor)
@@ -343,21 +364,21 @@ def test_connections_over_the_cap_are_refused_with_an_error(services):
     held = [Conn(processor) for _ in range(4)]
     for conn in held:
         conn.open()
-    extra = Conn(processor, timeout=10)
+    extra = Conn(processor, timeout=60)
     extra.send(hello())
-    refusal, after = extra.read(10), extra.read(10)
+    refusal, after = extra.read(60), extra.read(60)
     assert refusal is not None and refusal.kind == "error" and refusal.call_id == 0, refusal
     assert refusal.code == RESOURCE_EXHAUSTED
     assert after is None
     held.pop().close()
 
     def admitted():
-        conn = Conn(processor, timeout=10)
+        conn = Conn(processor, timeout=60)
         conn.send(hello())
-        answer = conn.read(10)
+        answer = conn.read(60)
         conn.close()
         return answer is not None and answer.kind == "hello"
-    wait_until(admitted, 10, 0.1, "a place to free up")
+    wait_until(admitted, 60, 0.1, "a place to free up")
     assert processor.metric("prism_processor_connections_refused_total") >= 1
 
 
@@ -396,9 +417,9 @@ def test_cancelled_expired_or_orphaned_queued_calls_free_their_place_at_once(ser
     other.send(request(1, small, variant("v", resize(32, 32))))
     wait_until(lambda: processor.metric("prism_processor_jobs_queued") == 1, message="the other call to queue")
     other.close()
-    wait_until(lambda: processor.metric("prism_processor_jobs_queued") == 0, 5, message="the orphan to leave the queue")
+    wait_until(lambda: processor.metric("prism_processor_jobs_queued") == 0, message="the orphan to leave the queue")
     conn.send(request(6, small, variant("v", resize(32, 32))))
-    wait_until(lambda: processor.metric("prism_processor_jobs_queued") == 1, 2, message="call 6 to be admitted")
+    wait_until(lambda: processor.metric("prism_processor_jobs_queued") == 1, message="call 6 to be admitted")
     assert processor.metric("prism_processor_calls_failed_total", 'code="resource_exhausted",reason="queue_full"') == 0
     assert processor.metric("prism_processor_jobs_running") == 1, "the slow job still runs: nothing freed a worker"
 
@@ -456,9 +477,12 @@ def test_cancel_or_deadline_during_a_decode_frees_the_worker_at_once(services, t
     print(f"\nprogressive 18 MP: full decode {decode_ms:.0f} ms; worker busy {busy_after_cancel:.0f} ms after the"
           f" Cancel and {busy_after_deadline:.0f} ms after the deadline (calls took"
           f" {1000 * (time.monotonic() - sent):.0f} ms)")
-    assert busy_after_cancel < 250
-    assert busy_after_deadline < 250
+    # The decode was stopped, not run to its end: both computations were killed...
     assert processor.metric("prism_processor_computations_killed_total") >= 2
+    # ...and the worker was free again long before the decode would have ended (it had some
+    # 150 ms of it behind it; unwatched, it would have run on for the rest).
+    assert busy_after_cancel < decode_ms / 2
+    assert busy_after_deadline < decode_ms / 2
 
 
 # ---- 3. spec and code agree --------------------------------------------------------------------
@@ -541,15 +565,18 @@ def test_a_call_cut_at_the_drain_deadline_gets_a_final_error_frame(services):
     start = time.monotonic()
     processor.signal(signal.SIGTERM)
     frames = []
-    while (f := conn.read(20)) is not None:
+    while (f := conn.read(60)) is not None:
         frames.append(f)
     elapsed = time.monotonic() - start
     print(f"\nafter SIGTERM: {frames} in {elapsed:.2f} s")
+    # Cut by the drain deadline (a finished call would end in Complete), with a final frame.
     assert [f.kind for f in frames] == ["go_away", "error"], frames
     assert frames[0].get(1) == 1  # last_call_id
     assert frames[1].call_id == 1 and (frames[1].code, frames[1].reason) == (UNAVAILABLE, SHUTTING_DOWN)
-    assert elapsed < 5
-    processor.proc.wait(20)
+    processor.proc.wait(60)
+    assert "drain timeout: ending the calls still running" in processor.log()
+    # The 1 s deadline given, not the 25 s default.
+    assert elapsed < 20
 
 
 def test_no_call_is_admitted_after_goaway(services):
@@ -580,7 +607,7 @@ def test_no_call_is_admitted_after_goaway(services):
     processor.signal(signal.SIGTERM)
     frames, go_away, refused_late = [], None, 0
     while True:
-        f = conn.read(20)
+        f = conn.read(60)
         assert f is not None, "closed while call 1 was still running"
         frames.append(f)
         if f.kind == "go_away":
@@ -592,7 +619,7 @@ def test_no_call_is_admitted_after_goaway(services):
     stop.set()
     sender.join(5)
     conn.send(cancel(1))
-    while (f := conn.read(20)) is not None:
+    while (f := conn.read(60)) is not None:
         frames.append(f)
     last = go_away.get(1)
     endings = {f.call_id: f for f in frames if f.kind in ("complete", "error")}

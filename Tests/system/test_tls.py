@@ -4,8 +4,10 @@ Certificates are made per session by tls_pki.py: a CA, a server certificate for 
 localhost, a client certificate, and certificates from a second CA that nobody trusts. The
 tests check what a person operating Prism would see: uploads that work, handshakes that fail
 fast with the reason in the log, plain and TLS peers that meet and part clearly, and a silent
-TCP connection that the handshake timeout closes. Timing bounds are generous (shared machine);
-every test prints what it measured.
+TCP connection that the handshake timeout closes. The machine is shared and can stall for ten
+seconds or more: a timing bound sits against the alternative it rules out (a handshake timeout
+or upload deadline the test sets two minutes away), next to the reason itself (the error, the
+log line). Every test prints what it measured.
 """
 import signal
 import socket
@@ -35,7 +37,7 @@ def tls_flags(pki, client_ca=False):
     return flags
 
 
-def read_frame(sock, timeout=10):
+def read_frame(sock, timeout=60):
     """The next frame from a socket (plain or TLS), or None at end of stream."""
     sock.settimeout(timeout)
     data = b""
@@ -55,7 +57,7 @@ def tls_hello(processor, ca, cert=None, key=None, server_hostname="localhost"):
     context = ssl.create_default_context(cafile=str(ca))
     if cert:
         context.load_cert_chain(str(cert), str(key))
-    raw = socket.create_connection((processor.host, processor.port), timeout=10)
+    raw = socket.create_connection((processor.host, processor.port), timeout=60)
     try:
         with context.wrap_socket(raw, server_hostname=server_hostname) as sock:
             sock.sendall(hello())
@@ -71,11 +73,17 @@ def tls_hello(processor, ca, cert=None, key=None, server_hostname="localhost"):
 
 def upload_timed(gateway, name="Garden.jpg"):
     start = time.monotonic()
-    response = gateway.upload(photo(name), timeout=30)
+    response = gateway.upload(photo(name), timeout=150)
     return response, time.monotonic() - start
 
 
+# For gateways whose processors cannot be reached: an upload that waited for one would be
+# answered only at this deadline.
+FAR_DEADLINE = ["--upload-timeout", "120s"]
+
+
 def assert_unavailable_quickly(gateway):
+    """The upload is refused at once (the gateway must have FAR_DEADLINE)."""
     response, elapsed = upload_timed(gateway)
     print(f"upload answered {response.status_code} in {elapsed:.2f} s: {response.text[:200]}")
     assert response.status_code == 503, response.text
@@ -84,11 +92,11 @@ def assert_unavailable_quickly(gateway):
     assert problem["type"].endswith("/no-processors"), problem
     # Nothing internal reaches the client: no TLS reason, no file path, no address.
     assert "TLS" not in response.text and ".pem" not in response.text and "127.0.0.1" not in response.text
-    assert elapsed < 5, f"took {elapsed:.1f} s"
+    assert elapsed < 60, f"took {elapsed:.1f} s: waited for a processor, not refused at once"
     return problem
 
 
-def log_line(service, *needles, timeout=10):
+def log_line(service, *needles, timeout=60):
     """The first log line of `service` containing every needle (waits for it)."""
     def find():
         return next((l for l in service.log().splitlines() if all(n in l for n in needles)), None)
@@ -102,7 +110,7 @@ def run_c(c_client, processor, tmp_path, *flags):
     result = subprocess.run(
         [str(c_client), "--host", processor.host, "--port", str(processor.port), "--in", str(photo("Garden.jpg")),
          "--out", str(out), "--width", "200", "--height", "200", "--format", "webp", *map(str, flags)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=150,
     )
     print(f"prism-call {' '.join(map(str, flags))} -> {result.returncode}: {result.stdout.strip()} {result.stderr.strip()}")
     return result
@@ -204,14 +212,14 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(services, pki)
 
 def test_gateway_without_a_client_certificate_gets_503_and_the_reason_in_its_log(services, pki):
     processor = services.processor(*tls_flags(pki, client_ca=True))
-    gateway = services.gateway([processor], "--processor-tls-ca", pki.ca_cert)
+    gateway = services.gateway([processor], "--processor-tls-ca", pki.ca_cert, *FAR_DEADLINE)
     log_line(gateway, "processor connection ended", "client certificate")
     assert_unavailable_quickly(gateway)
 
 
 def test_gateway_with_a_client_certificate_from_another_ca_is_refused(services, pki):
     processor = services.processor(*tls_flags(pki, client_ca=True))
-    gateway = services.gateway([processor], "--processor-tls-ca", pki.ca_cert,
+    gateway = services.gateway([processor], "--processor-tls-ca", pki.ca_cert, *FAR_DEADLINE,
                                "--processor-tls-cert", pki.other_client_cert, "--processor-tls-key", pki.other_client_key)
     log_line(gateway, "processor connection ended", "unknown CA")
     assert_unavailable_quickly(gateway)
@@ -231,13 +239,13 @@ def test_gateway_with_the_right_client_certificate_uploads(services, pki):
 
 def test_unknown_ca_answers_503_quickly_and_logs_the_reason_and_keeps_retrying(services, pki):
     processor = services.processor(*tls_flags(pki))
-    gateway = services.gateway([processor], "--processor-tls-ca", pki.other_ca_cert,
+    gateway = services.gateway([processor], "--processor-tls-ca", pki.other_ca_cert, *FAR_DEADLINE,
                                "--processor-ping-interval", "200ms")
     line = log_line(gateway, "processor connection ended", "certificate verify failed")
     assert "unknown CA" in line and "--processor-tls-ca" in line
     assert_unavailable_quickly(gateway)
     # A connect failure like any other: reconnects with backoff, the reason logged once.
-    wait_until(lambda: processor.metric("prism_processor_tls_handshake_failures_total") >= 3, 15,
+    wait_until(lambda: processor.metric("prism_processor_tls_handshake_failures_total") >= 3,
                message="the gateway to retry the handshake")
     assert gateway.log().count("certificate verify failed") == 1
     log_line(processor, "TLS handshake failed", "peer")
@@ -247,7 +255,7 @@ def test_unknown_ca_answers_503_quickly_and_logs_the_reason_and_keeps_retrying(s
 def test_hostname_mismatch_answers_503_quickly_and_logs_the_reason(services, pki, server_name):
     processor = services.processor("--tls-cert", pki.named_server_cert, "--tls-key", pki.named_server_key)
     flags = ["--processor-tls-server-name", server_name] if server_name else []
-    gateway = services.gateway([processor], "--processor-tls-ca", pki.ca_cert, *flags)
+    gateway = services.gateway([processor], "--processor-tls-ca", pki.ca_cert, *FAR_DEADLINE, *flags)
     line = log_line(gateway, "processor connection ended", "hostname mismatch")
     assert (server_name or "127.0.0.1") in line and "--processor-tls-server-name" in line
     assert_unavailable_quickly(gateway)
@@ -255,7 +263,7 @@ def test_hostname_mismatch_answers_503_quickly_and_logs_the_reason(services, pki
 
 def test_a_processor_with_a_certificate_from_another_ca_is_not_trusted(services, pki):
     impostor = services.processor("--tls-cert", pki.other_server_cert, "--tls-key", pki.other_server_key)
-    gateway = services.gateway([impostor], "--processor-tls-ca", pki.ca_cert)
+    gateway = services.gateway([impostor], "--processor-tls-ca", pki.ca_cert, *FAR_DEADLINE)
     log_line(gateway, "processor connection ended", "unknown CA")
     assert_unavailable_quickly(gateway)
 
@@ -287,65 +295,69 @@ def test_the_c_client_over_tls(services, pki, c_client, tmp_path):
     assert other_cert.returncode == 4 and "unknown CA" in other_cert.stderr
 
 
+# A handshake timeout two minutes away: a peer that is not told at once would wait for it.
+SLOW_HANDSHAKE = ["--handshake-timeout", "120s"]
+
+
 def test_the_c_client_in_plain_tcp_against_a_tls_port_is_told_to_use_tls(services, pki, c_client, tmp_path):
-    processor = services.processor(*tls_flags(pki))
+    processor = services.processor(*tls_flags(pki), *SLOW_HANDSHAKE)
     start = time.monotonic()
     plain = run_c(c_client, processor, tmp_path)
     elapsed = time.monotonic() - start
     assert plain.returncode == 3, plain.stderr
     assert "requires TLS" in plain.stderr
-    assert elapsed < 5
+    assert elapsed < 60, "told at once, not cut at the handshake timeout"
     log_line(processor, "plain TCP on the TLS port")
 
 
 def test_the_c_client_with_tls_against_a_plain_port_fails_clearly(services, pki, c_client, tmp_path):
-    processor = services.processor()
+    processor = services.processor(*SLOW_HANDSHAKE)
     start = time.monotonic()
     result = run_c(c_client, processor, tmp_path, "--tls", "--ca", pki.ca_cert)
     elapsed = time.monotonic() - start
     assert result.returncode == 4
     assert "did not answer with TLS" in result.stderr
-    assert elapsed < 5
+    assert elapsed < 60, "failed at once, not cut at the handshake timeout"
 
 
 # ---- (5) plain meets TLS ------------------------------------------------------------------------
 
 def test_a_plain_client_on_a_tls_port_gets_one_clear_error_frame(services, pki):
-    processor = services.processor(*tls_flags(pki))
+    processor = services.processor(*tls_flags(pki), *SLOW_HANDSHAKE)
     start = time.monotonic()
-    with socket.create_connection((processor.host, processor.port), timeout=10) as sock:
+    with socket.create_connection((processor.host, processor.port), timeout=150) as sock:
         sock.sendall(hello())
-        answer = read_frame(sock)
+        answer = read_frame(sock, 150)
         assert answer.kind == "error" and answer.call_id == 0, answer
         assert "requires TLS" in answer.message
-        assert read_frame(sock) is None  # then closed
+        assert read_frame(sock, 150) is None  # then closed
     elapsed = time.monotonic() - start
     print(f"plain client refused in {elapsed:.3f} s: {answer}")
-    assert elapsed < 2
+    assert elapsed < 60, "refused at once, not at the handshake timeout"
 
 
 def test_a_plain_gateway_and_a_tls_processor_part_quickly_and_clearly(services, pki):
     processor = services.processor(*tls_flags(pki))
-    gateway = services.gateway([processor])
+    gateway = services.gateway([processor], *FAR_DEADLINE)
     log_line(gateway, "processor connection ended", "requires TLS")
     assert_unavailable_quickly(gateway)
 
 
 def test_a_tls_gateway_and_a_plain_processor_part_quickly_and_clearly(services, pki):
     processor = services.processor()
-    gateway = services.gateway([processor], "--processor-tls-ca", pki.ca_cert)
+    gateway = services.gateway([processor], "--processor-tls-ca", pki.ca_cert, *FAR_DEADLINE)
     log_line(gateway, "processor connection ended", "did not answer with TLS")
     assert_unavailable_quickly(gateway)
 
 
 def test_a_tls_client_on_a_plain_port_fails_fast(services, pki):
-    processor = services.processor()
+    processor = services.processor(*SLOW_HANDSHAKE)
     start = time.monotonic()
     kind, detail = tls_hello(processor, pki.ca_cert)
     elapsed = time.monotonic() - start
     print(f"TLS client on a plain port: {kind} {detail} in {elapsed:.3f} s")
     assert kind == "tls"
-    assert elapsed < 2
+    assert elapsed < 60, "failed at once, not at the handshake timeout"
 
 
 # ---- (6) the handshake timeout bounds TLS -------------------------------------------------------
@@ -354,7 +366,7 @@ def test_a_tls_client_on_a_plain_port_fails_fast(services, pki):
                          ids=["silent", "half-a-client-hello"])
 def test_a_stalled_tls_handshake_is_closed_within_the_handshake_timeout(services, pki, first_bytes):
     processor = services.processor(*tls_flags(pki), "--handshake-timeout", "1s")
-    with socket.create_connection((processor.host, processor.port), timeout=10) as sock:
+    with socket.create_connection((processor.host, processor.port), timeout=120) as sock:
         start = time.monotonic()
         sock.sendall(first_bytes)
         try:
@@ -365,7 +377,9 @@ def test_a_stalled_tls_handshake_is_closed_within_the_handshake_timeout(services
             pass
         elapsed = time.monotonic() - start
     print(f"stalled handshake ({len(first_bytes)} bytes sent) closed after {elapsed:.2f} s")
-    assert 0.8 <= elapsed < 3
+    # Closed by the 1 s handshake timeout: not before it (a stall only makes this longer), and
+    # not left open to this socket's two-minute limit.
+    assert 0.8 <= elapsed < 60
     # The port still serves.
     kind, answer = tls_hello(processor, pki.ca_cert)
     assert kind == "hello", answer
@@ -373,7 +387,7 @@ def test_a_stalled_tls_handshake_is_closed_within_the_handshake_timeout(services
 
 def tls_socket(processor, ca):
     context = ssl.create_default_context(cafile=str(ca))
-    raw = socket.create_connection((processor.host, processor.port), timeout=10)
+    raw = socket.create_connection((processor.host, processor.port), timeout=60)
     return context.wrap_socket(raw, server_hostname="localhost")
 
 
@@ -385,7 +399,7 @@ def test_the_pre_hello_frame_limit_and_the_connection_cap_apply_inside_tls(servi
         answer = read_frame(first)
         print("oversized first frame over TLS:", answer)
         assert answer.kind == "error" and answer.message and answer.code == 8 and answer.reason == 12
-    wait_until(lambda: processor.metric("prism_processor_connections") == 0, 10, message="the connection to end")
+    wait_until(lambda: processor.metric("prism_processor_connections") == 0, message="the connection to end")
 
     with tls_socket(processor, pki.ca_cert) as first:
         first.sendall(hello())

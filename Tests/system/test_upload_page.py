@@ -35,7 +35,7 @@ def browser(tmp_path):
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = ChromeService(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
     driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(30)
+    driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
 
@@ -49,11 +49,12 @@ def stack(services):
 
 
 def wait(driver, timeout=60):
+    """Polls every 0.1 s: a minute only matters when the machine stalls or the page is broken."""
     return WebDriverWait(driver, timeout, poll_frequency=0.1)
 
 
 def recipes_loaded(driver):
-    wait(driver, 20).until(lambda d: d.execute_script(
+    wait(driver).until(lambda d: d.execute_script(
         "return document.querySelectorAll('#recipe option').length > 0 && document.getElementById('recipe-description').textContent !== ''"))
 
 
@@ -85,7 +86,7 @@ def test_a_photo_uploaded_through_the_page_shows_every_variant_at_its_size(stack
     assert browser.title.startswith("Prism")
     recipes_loaded(browser)
     options = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#recipe option")]
-    assert options == [r["name"] for r in requests.get(gateway.url + "/v1/recipes", timeout=5).json()["recipes"]]
+    assert options == [r["name"] for r in requests.get(gateway.url + "/v1/recipes", timeout=60).json()["recipes"]]
     assert browser.find_element(By.ID, "key-field").is_displayed() is False, "no key field when keys are off"
 
     # The progress bar shows while the body goes up and the variants are made.
@@ -96,7 +97,7 @@ def test_a_photo_uploaded_through_the_page_shows_every_variant_at_its_size(stack
 
     manifest = json.loads(browser.find_element(By.ID, "manifest").text)
     assert manifest["recipe"] == "default"
-    assert requests.get(f"{gateway.url}/v1/images/{manifest['id']}", timeout=5).json() == manifest
+    assert requests.get(f"{gateway.url}/v1/images/{manifest['id']}", timeout=60).json() == manifest
     shown = browser.execute_script("""
         return [...document.querySelectorAll('#variants .variant')].map(v => {
             const img = v.querySelector('img');
@@ -123,7 +124,7 @@ def test_a_photo_uploaded_through_the_page_shows_every_variant_at_its_size(stack
     text = tmp_path / "notes.txt"
     text.write_text("these are notes, not an image\n" * 20)
     upload_through_page(browser, text)
-    error = wait(browser, 30).until(EC.visibility_of_element_located((By.ID, "error")))
+    error = wait(browser).until(EC.visibility_of_element_located((By.ID, "error")))
     message = error.text
     problem = requests.post(gateway.url + "/v1/images", files={"file": ("notes.txt", text.read_bytes())}, timeout=30).json()
     assert problem["status"] == 415
@@ -139,12 +140,12 @@ def test_the_page_asks_for_the_api_key_and_keeps_it_in_the_tab_only(services, br
     gateway = services.gateway(processors, "--api-keys", KEY)
     gateway.wait_processors(1)
     browser.get(gateway.url + "/")
-    key_field = wait(browser, 20).until(EC.visibility_of_element_located((By.ID, "key-field")))
+    key_field = wait(browser).until(EC.visibility_of_element_located((By.ID, "key-field")))
     assert key_field.find_element(By.TAG_NAME, "label").text == "API key"
 
     # Uploading without the key: the 401 problem as a sentence.
     upload_through_page(browser, photo("LadyBird.jpg"))
-    error = wait(browser, 30).until(EC.visibility_of_element_located((By.ID, "error")))
+    error = wait(browser).until(EC.visibility_of_element_located((By.ID, "error")))
     assert "Missing or wrong API key." in error.text and "Authorization: Bearer" in error.text
 
     field = browser.find_element(By.ID, "api-key")
@@ -181,23 +182,23 @@ def test_the_page_works_on_a_narrow_screen(stack, browser, tmp_path):
 def test_the_page_is_served_with_a_strict_policy_and_can_be_turned_off(services):
     processors = [services.processor()]
     gateway = services.gateway(processors)
-    page = requests.get(gateway.url + "/", timeout=5)
+    page = requests.get(gateway.url + "/", timeout=60)
     assert page.status_code == 200 and page.headers["Content-Type"] == "text/html; charset=utf-8"
     policy = page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
     assert f"img-src 'self' blob: http://127.0.0.1:{gateway.port}" in policy
     assert "<script>" not in page.text and "style=" not in page.text
     for asset, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
-        served = requests.get(f"{gateway.url}/assets/{asset}", timeout=5)
+        served = requests.get(f"{gateway.url}/assets/{asset}", timeout=60)
         assert served.status_code == 200 and served.headers["Content-Type"].startswith(kind)
-    assert requests.get(gateway.url + "/assets/nope.js", timeout=5).status_code == 404
+    assert requests.get(gateway.url + "/assets/nope.js", timeout=60).status_code == 404
 
     off = services.gateway(processors, "--upload-page=false")
     for path in ("/", "/assets/app.js"):
-        answer = requests.get(off.url + path, timeout=5)
+        answer = requests.get(off.url + path, timeout=60)
         assert answer.status_code == 404
         assert answer.headers["Content-Type"] == "application/problem+json"
-    assert requests.get(off.url + "/openapi.json", timeout=5).status_code == 200
+    assert requests.get(off.url + "/openapi.json", timeout=60).status_code == 200
 
     by_env = services.gateway(processors, env={"PRISM_UPLOAD_PAGE": "false"})
-    assert requests.get(by_env.url + "/", timeout=5).status_code == 404
+    assert requests.get(by_env.url + "/", timeout=60).status_code == 404
