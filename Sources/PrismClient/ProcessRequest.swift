@@ -20,6 +20,9 @@ public struct ProcessRequest: Sendable {
     public var keepsVariantData: Bool
     /// Ask the processor for the source's placeholder (`ProcessResult.source.placeholder`).
     public var placeholder = false
+    /// Cores the caller knows to be idle for this call: the processor may decode and make
+    /// variants on that many threads (`Request.threads`).
+    public var threads = 1
 
     public init(
         source: ByteBuffer,

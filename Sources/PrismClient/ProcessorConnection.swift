@@ -297,6 +297,7 @@ public final class ProcessorConnection: Sendable {
         message.variants = request.variants
         message.requestID = request.requestID
         message.placeholder = request.placeholder
+        message.threads = UInt32(clamping: max(1, request.threads))
         if let deadline = request.deadline {
             let remaining = ContinuousClock.now.duration(to: deadline)
             guard remaining > .milliseconds(1) else {

@@ -60,7 +60,8 @@ public struct GatewayConfiguration: Sendable {
 
 /// How an upload's variants are grouped into processor calls.
 public enum SplitPolicy: String, Sendable, CaseIterable {
-    /// Over as many processors as have a free worker now; one call when they are busy.
+    /// One call; while processors have idle workers it may use them as threads (one decode,
+    /// variants in parallel), instead of a second decode on another processor.
     case auto
     /// Always one call: one decode per upload (best throughput under load).
     case never

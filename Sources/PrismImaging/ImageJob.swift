@@ -39,12 +39,28 @@ public struct ImageJob: Sendable {
     public var limits: ImagingLimits
     /// Also make the source's placeholder (ThumbHash and dominant colour) into the summary.
     public var placeholder: Bool
+    /// Cores this job may keep busy (its caller knows them to be idle). Above 1 the decode runs
+    /// on that many libvips threads, and the variants are made in that many independent
+    /// chains, all but one on `helpers` (or, without helpers, each on that many libvips
+    /// threads).
+    public var threads: Int
+    /// Where the extra chains run; nil keeps every variant on the calling thread.
+    public var helpers: (any JobHelpers)?
 
-    public init(source: Data, variants: [Prism_V1_VariantSpec], limits: ImagingLimits = ImagingLimits(), placeholder: Bool = false) {
+    public init(
+        source: Data,
+        variants: [Prism_V1_VariantSpec],
+        limits: ImagingLimits = ImagingLimits(),
+        placeholder: Bool = false,
+        threads: Int = 1,
+        helpers: (any JobHelpers)? = nil
+    ) {
         self.source = source
         self.variants = variants
         self.limits = limits
         self.placeholder = placeholder
+        self.threads = max(1, threads)
+        self.helpers = helpers
     }
 
     /// Runs the job, handing each variant to `emit` as soon as it is encoded.
@@ -92,6 +108,9 @@ struct JobRun {
     let job: ImageJob
     let bytes: UnsafeRawBufferPointer
     let cancellation: JobCancellation
+    /// libvips threads for each variant's pipeline: the job's threads that its parallel
+    /// chains leave over.
+    var concurrency = 1
     var limits: ImagingLimits { self.job.limits }
 
     init(job: ImageJob, bytes: UnsafeRawBufferPointer, cancellation: JobCancellation) {
@@ -142,7 +161,7 @@ struct JobRun {
         let opened = shrink == 1 ? header : try self.open(loader: loader, shrink: shrink)
         let decoded: VImage
         do {
-            decoded = try self.normalizeColour(opened).materialized(self.cancellation)
+            decoded = try self.normalizeColour(opened).materialized(self.cancellation, threads: self.job.threads)
         } catch {
             throw self.failure(error, reason: .corruptImage, message: "The image data is truncated or corrupt and could not be decoded; check the file and upload it again.")
         }
@@ -151,10 +170,37 @@ struct JobRun {
         var frames = Frames(raw: decoded, oriented: orientation == 1 ? decoded : nil)
         // Largest first, so each smaller variant can be made from a larger one already made.
         let ordered = plans.sorted { $0.needs.pixels > $1.needs.pixels }
-        for (position, plan) in ordered.enumerated() {
+        let chains = self.job.helpers == nil ? [ordered] : Self.chains(ordered, count: self.job.threads)
+        // Threads the job may use and chains do not: libvips' own threads inside each pipeline.
+        self.concurrency = max(1, self.job.threads / chains.count)
+        if chains.count > 1, let helpers = self.job.helpers {
+            try self.runChains(chains, helpers: helpers, frames: &frames, emit: emit)
+        } else {
+            try self.runChain(ordered, frames: &frames, stop: { false }, emit: emit)
+        }
+        if self.job.placeholder {
             if let stop = self.cancellation.stopError { throw stop }
+            do {
+                info.placeholder = try self.placeholder(frames: &frames)
+            } catch {
+                throw self.failure(error, reason: .unspecified, message: "The image's placeholder could not be made.")
+            }
+        }
+        return JobSummary(source: info, decodeDuration: decodeDuration, shrinkOnLoad: shrink)
+    }
+
+    /// Makes `plans` one after another, each from the smallest frame already made that is still
+    /// large enough, and hands each to `emit` as soon as it is encoded.
+    ///
+    /// - Parameter stop: checked before each variant; true ends the chain early, without error
+    ///   (another chain of the job failed).
+    func runChain(_ plans: [VariantPlan], frames: inout Frames, stop: () -> Bool, emit: (EncodedVariant) -> Void) throws(ImagingError) {
+        let clock = ContinuousClock()
+        for (position, plan) in plans.enumerated() {
+            if let stop = self.cancellation.stopError { throw stop }
+            if stop() { return }
             let start = clock.now
-            let later = ordered[(position + 1)...]
+            let later = plans[(position + 1)...]
             let image: VImage
             do {
                 image = try self.make(plan, frames: &frames, later: later)
@@ -168,15 +214,6 @@ struct JobRun {
             let end = clock.now
             emit(EncodedVariant(index: plan.index, data: data, size: image.size, format: plan.format, duration: end - start, encodeDuration: end - encodeStart))
         }
-        if self.job.placeholder {
-            if let stop = self.cancellation.stopError { throw stop }
-            do {
-                info.placeholder = try self.placeholder(frames: &frames)
-            } catch {
-                throw self.failure(error, reason: .unspecified, message: "The image's placeholder could not be made.")
-            }
-        }
-        return JobSummary(source: info, decodeDuration: decodeDuration, shrinkOnLoad: shrink)
     }
 
     /// Turns a libvips failure into the error to send: a stop when the job was cancelled or ran

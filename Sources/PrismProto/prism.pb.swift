@@ -585,6 +585,11 @@ public nonisolated struct Prism_V1_Request: Sendable {
   /// its dominant colour, made from a scaling the call already has (no extra decode).
   public var placeholder: Bool = false
 
+  /// Cores the client knows to be idle for this call (it found no other work for them); 0 or 1
+  /// means one. A server may then decode on that many threads and make independent variants in
+  /// parallel, up to its own limit; one that ignores the field just works on one thread.
+  public var threads: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1413,7 +1418,7 @@ nonisolated extension Prism_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}variants\0\u{3}timeout_ms\0\u{3}request_id\0\u{1}placeholder\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}variants\0\u{3}timeout_ms\0\u{3}request_id\0\u{1}placeholder\0\u{1}threads\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1426,6 +1431,7 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.placeholder) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.threads) }()
       default: break
       }
     }
@@ -1447,6 +1453,9 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if self.placeholder != false {
       try visitor.visitSingularBoolField(value: self.placeholder, fieldNumber: 5)
     }
+    if self.threads != 0 {
+      try visitor.visitSingularUInt32Field(value: self.threads, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1456,6 +1465,7 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.timeoutMs != rhs.timeoutMs {return false}
     if lhs.requestID != rhs.requestID {return false}
     if lhs.placeholder != rhs.placeholder {return false}
+    if lhs.threads != rhs.threads {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -52,20 +52,31 @@ struct RecipeTests {
         }
     }
 
-    @Test("variants are split over idle processors and kept together under load")
+    @Test("one call per upload; idle workers become its threads, under load it gets one")
     func planning() throws {
         let variants = RecipeBook.builtIn.variants
-        let idle = [ProcessorLoad(address: "a", inFlight: 0, workers: 2), ProcessorLoad(address: "b", inFlight: 0, workers: 2)]
-        let split = VariantPlanner.groups(variants, loads: idle, split: .auto)
-        #expect(split.count == 2)
-        #expect(Set(split.flatMap { $0 }) == Set(variants.indices))
-        // The 2048 px variant (index 3) is the most expensive: it gets a call of its own.
-        #expect(split.contains([3]))
+        let all = Array(variants.indices)
+        let idle = [ProcessorLoad(address: "a", inFlight: 0, workers: 1), ProcessorLoad(address: "b", inFlight: 0, workers: 1)]
+        #expect(VariantPlanner.calls(variants, loads: idle, split: .auto) == [PlannedCall(members: all, threads: 2)])
+        let half = [ProcessorLoad(address: "a", inFlight: 1, workers: 2), ProcessorLoad(address: "b", inFlight: 3, workers: 2)]
+        #expect(VariantPlanner.calls(variants, loads: half, split: .auto) == [PlannedCall(members: all, threads: 1)])
         let busy = [ProcessorLoad(address: "a", inFlight: 2, workers: 2), ProcessorLoad(address: "b", inFlight: 5, workers: 2)]
-        #expect(VariantPlanner.groups(variants, loads: busy, split: .auto) == [Array(variants.indices)])
-        #expect(VariantPlanner.groups(variants, loads: busy, split: .always).count == 2)
-        #expect(VariantPlanner.groups(variants, loads: idle, split: .never) == [Array(variants.indices)])
-        #expect(VariantPlanner.groups([variants[0]], loads: idle, split: .auto) == [[0]])
+        #expect(VariantPlanner.calls(variants, loads: busy, split: .auto) == [PlannedCall(members: all, threads: 1)])
+        #expect(VariantPlanner.calls(variants, loads: [], split: .auto) == [PlannedCall(members: all, threads: 1)])
+        #expect(VariantPlanner.calls(variants, loads: idle, split: .never) == [PlannedCall(members: all, threads: 1)])
+        #expect(VariantPlanner.calls([variants[0]], loads: idle, split: .auto) == [PlannedCall(members: [0], threads: 2)])
+    }
+
+    @Test("split always spreads over every processor, the 2048 px variant in a call of its own")
+    func splitAlways() throws {
+        let variants = RecipeBook.builtIn.variants
+        let busy = [ProcessorLoad(address: "a", inFlight: 2, workers: 2), ProcessorLoad(address: "b", inFlight: 5, workers: 2)]
+        let calls = VariantPlanner.calls(variants, loads: busy, split: .always)
+        #expect(calls.count == 2)
+        #expect(calls.allSatisfy { $0.threads == 1 })
+        #expect(Set(calls.flatMap(\.members)) == Set(variants.indices))
+        #expect(calls.contains { $0.members == [3] })
+        #expect(VariantPlanner.calls([variants[0]], loads: busy, split: .always) == [PlannedCall(members: [0], threads: 1)])
     }
 
     @Test("ids are UUIDv7, in time order; anything else is not an id")
