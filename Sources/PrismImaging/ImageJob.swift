@@ -161,7 +161,21 @@ struct JobRun {
         let opened = shrink == 1 ? header : try self.open(loader: loader, shrink: shrink)
         let decoded: VImage
         do {
-            decoded = try self.normalizeColour(opened).materialized(self.cancellation, threads: self.job.threads)
+            // When every variant starts by scaling down to at most the largest one's frame,
+            // decode straight into that frame in one streaming pass (as vips_thumbnail does):
+            // the full-size image is never held in memory, and an ICC transform runs on the
+            // smaller frame. The largest variant then uses it as is, the others start from it.
+            let target = Self.decodeTarget(plans: plans, decoded: opened.size, transposed: orientation >= 5)
+            let frame: VImage
+            if let target, opened.bandFormat == VIPS_FORMAT_UCHAR {
+                frame = try self.normalizeColour(try self.scale(opened, to: target))
+            } else if let target {
+                // Deeper than 8 bits: to 8-bit sRGB first, as scaling casts to 8 bits.
+                frame = try self.scale(try self.normalizeColour(opened), to: target)
+            } else {
+                frame = try self.normalizeColour(opened)
+            }
+            decoded = try frame.materialized(self.cancellation, threads: self.job.threads)
         } catch {
             throw self.failure(error, reason: .corruptImage, message: "The image data is truncated or corrupt and could not be decoded; check the file and upload it again.")
         }
@@ -187,6 +201,28 @@ struct JobRun {
             }
         }
         return JobSummary(source: info, decodeDuration: decodeDuration, shrinkOnLoad: shrink)
+    }
+
+    /// The frame to decode into, in the source's own (unrotated) orientation: the largest
+    /// variant's scaled frame, when every variant starts with a resize whose frame fits in it
+    /// and it is clearly smaller than the decoded image; nil decodes at the decoded size.
+    ///
+    /// Only with several variants, whose largest frame is kept in memory for the others
+    /// anyway. A lone variant is better resized inside its encode: libvips computes the
+    /// pixels on a worker thread while its write thread compresses, so the two overlap (15-20
+    /// ms less for a 2048 px JPEG from 19 MP, for the same CPU).
+    static func decodeTarget(plans: [VariantPlan], decoded: Size, transposed: Bool) -> Size? {
+        guard plans.count > 1, let largest = plans.max(by: { $0.needs.pixels < $1.needs.pixels }), largest.leading?.uniform == true else {
+            return nil
+        }
+        let shareFrame = plans.allSatisfy { plan in
+            plan.leading != nil && plan.autoOrient == largest.autoOrient && plan.needs.fits(in: largest.needs)
+        }
+        guard shareFrame else { return nil }
+        let target = largest.autoOrient && transposed ? largest.needs.transposed : largest.needs
+        // A pass that barely shrinks would only add a resample.
+        guard target.fits(in: decoded), Double(target.pixels) < 0.8 * Double(decoded.pixels) else { return nil }
+        return target
     }
 
     /// Makes `plans` one after another, each from the smallest frame already made that is still
