@@ -60,8 +60,9 @@ public struct GatewayConfiguration: Sendable {
 
 /// How an upload's variants are grouped into processor calls.
 public enum SplitPolicy: String, Sendable, CaseIterable {
-    /// One call; while processors have idle workers it may use them as threads (one decode,
-    /// variants in parallel), instead of a second decode on another processor.
+    /// While processors have idle workers: baseline JPEG and WebP uploads are spread over them
+    /// (their extra decodes shrink on load cheaply), others get one call that uses them as
+    /// threads. Under load: one call, one thread.
     case auto
     /// Always one call: one decode per upload (best throughput under load).
     case never

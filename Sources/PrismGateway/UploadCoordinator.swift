@@ -102,7 +102,10 @@ struct UploadCoordinator: Sendable {
         let cacheControl = self.configuration.cacheControl
         let sniffed = ImageFormat.sniff(source)
         let originalKey = "images/\(id)/original.\(ImageFormat.fileExtension(sniffed))"
-        let calls = VariantPlanner.calls(recipe.variants, loads: self.pool.readyLoads(), split: self.configuration.split)
+        let calls = VariantPlanner.calls(
+            recipe.variants, loads: self.pool.readyLoads(), split: self.configuration.split,
+            shrinksOnLoad: ImageFormat.shrinksCheaplyOnLoad(source, sniffed: sniffed)
+        )
         logger.debug("upload planned", metadata: ["calls": "\(calls.count)", "threads": "\(calls.map(\.threads))", "variants": "\(recipe.variants.count)"])
 
         enum Part: Sendable {
