@@ -166,6 +166,15 @@ def summarize(latencies_s, wall_s, uploads):
     }
 
 
+def per_image_ms(images, samples):
+    """Median latency per image name over (upload index, seconds) samples: the corpus is bimodal,
+    so where a change helps (small photos, large or progressive images, PNGs) shows only here."""
+    by = {}
+    for index, took in samples:
+        by.setdefault(images[index % len(images)].name, []).append(took * 1000)
+    return {name: round(statistics.median(ms), 1) for name, ms in by.items()}
+
+
 def run_bench(binary, mode, images, in_flight, rounds, extra=()):
     out = subprocess.run([binary, mode, "--images", ",".join(map(str, images)), "--in-flight", str(in_flight),
                           "--rounds", str(rounds), *extra], capture_output=True, text=True, check=True,
@@ -201,7 +210,7 @@ def http_load(url, images, in_flight, rounds, recipe=None):
     bodies = [(p.read_bytes(), "image/png" if p.suffix == ".png" else "image/jpeg") for p in images]
     total = len(bodies) * rounds
     lock = threading.Lock()
-    state = {"next": 0, "latencies": [], "errors": []}
+    state = {"next": 0, "latencies": [], "errors": [], "samples": []}
 
     def client():
         session = requests.Session()
@@ -219,6 +228,7 @@ def http_load(url, images, in_flight, rounds, recipe=None):
             with lock:
                 if r.status_code == 201:
                     state["latencies"].append(took)
+                    state["samples"].append((index, took))
                 else:
                     state["errors"].append(r.status_code)
 
@@ -233,7 +243,7 @@ def http_load(url, images, in_flight, rounds, recipe=None):
     wall = time.monotonic() - start
     if state["errors"]:
         raise RuntimeError(f"uploads failed: {state['errors'][:10]}")
-    return state["latencies"], wall
+    return state["latencies"], wall, per_image_ms(images, state["samples"])
 
 
 @contextlib.contextmanager
@@ -275,7 +285,7 @@ def e2e_level(bins, logs, images, in_flight, rounds, store, seaweed=None, split=
         cpu0 = [p.cpu() for p in procs]
         gw0 = metrics_of(url + "/metrics")
         pm0 = [metrics_of(f"http://127.0.0.1:{p.status}/metrics") for p in processors]
-        latencies, wall = http_load(url, images, in_flight, rounds)
+        latencies, wall, by_image = http_load(url, images, in_flight, rounds)
         cpu = [p.cpu() - c for p, c in zip(procs, cpu0)]
         gw1 = metrics_of(url + "/metrics")
         pm1 = [metrics_of(f"http://127.0.0.1:{p.status}/metrics") for p in processors]
@@ -290,6 +300,7 @@ def e2e_level(bins, logs, images, in_flight, rounds, store, seaweed=None, split=
             "peak_rss_mb": {"gateway": round(gateway.rss() / 2**20, 1),
                             "processors": [round(p.rss() / 2**20, 1) for p in processors]},
             "calls_per_upload": round(calls / (uploads + 1), 2),  # +1: the warm-up upload
+            "per_image_median_ms": by_image,
         })
         gateway_stages = stage_means(gw0, gw1, [
             ("receive body", "prism_gateway_upload_stage_seconds", 'stage="receive"'),
@@ -387,7 +398,7 @@ def drive(uploads, in_flight, one_upload):
     """in_flight client threads, each starting the next upload when its last one is answered.
     one_upload(worker index, upload index) returns None or an error text."""
     lock = threading.Lock()
-    state = {"next": 0, "latencies": [], "failures": []}
+    state = {"next": 0, "latencies": [], "failures": [], "samples": []}
 
     def client(worker):
         while True:
@@ -407,6 +418,7 @@ def drive(uploads, in_flight, one_upload):
                     state["failures"].append(error)
                 else:
                     state["latencies"].append(took)
+                    state["samples"].append((index, took))
 
     start = time.monotonic()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(in_flight)]
@@ -414,7 +426,7 @@ def drive(uploads, in_flight, one_upload):
         t.start()
     for t in threads:
         t.join()
-    return state["latencies"], time.monotonic() - start, state["failures"]
+    return state["latencies"], time.monotonic() - start, state["failures"], state["samples"]
 
 
 def worker_peer_level(python, engine, logs, images, in_flight, rounds):
@@ -429,9 +441,11 @@ def worker_peer_level(python, engine, logs, images, in_flight, rounds):
         def one(worker, index):
             return workers[worker].call(images[index % len(images)]).get("error")
 
-        latencies, wall, failures = drive(len(images) * rounds, in_flight, one)
+        latencies, wall, failures, samples = drive(len(images) * rounds, in_flight, one)
         cpu = sum(proc_cpu_seconds(w.p.pid) - c for w, c in zip(workers, cpu0))
-        return peer_row(engine, in_flight, latencies, wall, cpu, [proc_peak_rss(w.p.pid) for w in workers], failures)
+        row = peer_row(engine, in_flight, latencies, wall, cpu, [proc_peak_rss(w.p.pid) for w in workers], failures)
+        row["per_image_median_ms"] = per_image_ms(images, samples)
+        return row
     finally:
         for w in workers:
             w.stop()
@@ -479,7 +493,7 @@ def thumbor_level(python, logs, images, in_flight, rounds, processes):
             one(i % in_flight, 0)
         pids = [server.p.pid] + proc_children(server.p.pid)
         cpu0 = [proc_cpu_seconds(pid) for pid in pids]
-        latencies, wall, failures = drive(len(images) * rounds, in_flight, one)
+        latencies, wall, failures, _samples = drive(len(images) * rounds, in_flight, one)
         cpu = sum(proc_cpu_seconds(pid) - c for pid, c in zip(pids, cpu0))
         # The master only forks and waits: workers' RSS is what thumbor costs.
         return peer_row("thumbor", in_flight, latencies, wall, cpu, [proc_peak_rss(pid) for pid in pids[1:]] or [0], failures)

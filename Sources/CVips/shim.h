@@ -51,6 +51,17 @@ static inline void prism_watch(VipsImage *image, PrismCancel *c) {
     g_signal_connect(image, "eval", G_CALLBACK(prism__on_eval), c);
 }
 
+// Runs every computation of `image` (a save, a copy to memory) on `threads` libvips threads,
+// whatever the process-wide concurrency: the thread pool reads VIPS_META_CONCURRENCY from the
+// image it computes. Images made from it inherit the field; 0 removes it.
+static inline void prism_set_concurrency(VipsImage *image, int threads) {
+    if (threads > 0) {
+        vips_image_set_int(image, VIPS_META_CONCURRENCY, threads);
+    } else {
+        vips_image_remove(image, VIPS_META_CONCURRENCY);
+    }
+}
+
 // ---- loading --------------------------------------------------------------------------------
 
 // A read-only stream over caller-owned memory that fails its next read once `cancel` says stop.

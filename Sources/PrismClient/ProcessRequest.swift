@@ -22,6 +22,9 @@ public struct ProcessRequest: Sendable {
     public var placeholder = false
     /// Ask for a BlurHash with these components in the placeholder too (implies `placeholder`).
     public var blurHash: Prism_V1_BlurHashSpec?
+    /// Cores the caller knows to be idle for this call: the processor may decode and make
+    /// variants on that many threads (`Request.threads`).
+    public var threads = 1
 
     public init(
         source: ByteBuffer,

@@ -298,6 +298,7 @@ public final class ProcessorConnection: Sendable {
         message.requestID = request.requestID
         message.placeholder = request.placeholder || request.blurHash != nil
         if let blurHash = request.blurHash { message.blurhash = blurHash }
+        message.threads = UInt32(clamping: max(1, request.threads))
         if let deadline = request.deadline {
             let remaining = ContinuousClock.now.duration(to: deadline)
             guard remaining > .milliseconds(1) else {

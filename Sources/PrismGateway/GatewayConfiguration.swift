@@ -60,7 +60,9 @@ public struct GatewayConfiguration: Sendable {
 
 /// How an upload's variants are grouped into processor calls.
 public enum SplitPolicy: String, Sendable, CaseIterable {
-    /// Over as many processors as have a free worker now; one call when they are busy.
+    /// While processors have idle workers: baseline JPEG and WebP uploads are spread over them
+    /// (their extra decodes shrink on load cheaply), others get one call that uses them as
+    /// threads. Under load: one call, one thread.
     case auto
     /// Always one call: one decode per upload (best throughput under load).
     case never

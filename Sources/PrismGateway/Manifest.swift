@@ -143,4 +143,44 @@ enum ImageFormat {
         if head.starts(with: [0x49, 0x49, 0x2A, 0x00]) || head.starts(with: [0x4D, 0x4D, 0x00, 0x2A]) { return "tiff" }
         return "unknown"
     }
+
+    /// Whether a decode at 1/2, 1/4 or 1/8 of the size costs a fraction of a full one: WebP,
+    /// and sequential (baseline) JPEG. A progressive JPEG must still entropy-decode every scan
+    /// of the full image, and PNG, GIF, TIFF and HEIF always decode at full size.
+    static func shrinksCheaplyOnLoad(_ data: Data, sniffed: String) -> Bool {
+        switch sniffed {
+        case "webp": return true
+        case "jpeg": return Self.jpegFrameType(data) == .sequential
+        default: return false
+        }
+    }
+
+    enum JPEGFrame: Equatable { case sequential, progressive, other }
+
+    /// The frame type from the JPEG's start-of-frame marker, found by walking the marker
+    /// segments from the start (each names its length); nil when none comes before the scan.
+    static func jpegFrameType(_ data: Data) -> JPEGFrame? {
+        data.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) -> JPEGFrame? in
+            var offset = 2  // after SOI
+            while offset + 4 <= bytes.count {
+                guard bytes[offset] == 0xFF else { return nil }
+                let marker = bytes[offset + 1]
+                if marker == 0xFF {  // fill byte
+                    offset += 1
+                    continue
+                }
+                switch marker {
+                case 0xC0, 0xC1: return .sequential
+                case 0xC2: return .progressive
+                case 0xC3, 0xC5...0xC7, 0xC9...0xCB, 0xCD...0xCF: return .other
+                case 0xDA, 0xD9: return nil  // the scan (or the end) before any frame header
+                case 0x01, 0xD0...0xD7:
+                    offset += 2  // markers without a length
+                default:
+                    offset += 2 + (Int(bytes[offset + 2]) << 8 | Int(bytes[offset + 3]))
+                }
+            }
+            return nil
+        }
+    }
 }

@@ -102,8 +102,11 @@ struct UploadCoordinator: Sendable {
         let cacheControl = self.configuration.cacheControl
         let sniffed = ImageFormat.sniff(source)
         let originalKey = "images/\(id)/original.\(ImageFormat.fileExtension(sniffed))"
-        let groups = VariantPlanner.groups(recipe.variants, loads: self.pool.readyLoads(), split: self.configuration.split)
-        logger.debug("upload planned", metadata: ["calls": "\(groups.count)", "variants": "\(recipe.variants.count)"])
+        let calls = VariantPlanner.calls(
+            recipe.variants, loads: self.pool.readyLoads(), split: self.configuration.split,
+            shrinksOnLoad: ImageFormat.shrinksCheaplyOnLoad(source, sniffed: sniffed)
+        )
+        logger.debug("upload planned", metadata: ["calls": "\(calls.count)", "threads": "\(calls.map(\.threads))", "variants": "\(recipe.variants.count)"])
 
         enum Part: Sendable {
             case original(sha256: String)
@@ -121,7 +124,8 @@ struct UploadCoordinator: Sendable {
                 self.metrics.stored(bytes: source.count, duration: clock.now - stored)
                 return .original(sha256: sha256)
             }
-            for (number, members) in groups.enumerated() {
+            for (number, call) in calls.enumerated() {
+                let members = call.members
                 group.addTask {
                     let specs = members.map { recipe.variants[$0] }
                     let etags = Mutex<[Int: String]>([:])
@@ -130,6 +134,7 @@ struct UploadCoordinator: Sendable {
                     // One call is enough to describe the source.
                     request.placeholder = number == 0
                     if number == 0 { request.blurHash = recipe.blurHash }
+                    request.threads = call.threads
                     let result = try await self.pool.process(request) { variant in
                         let key = Self.variantKey(id: id, spec: specs[variant.index])
                         written.add(key)

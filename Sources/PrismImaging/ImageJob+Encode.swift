@@ -27,6 +27,7 @@ extension JobRun {
             image = try image.apply { prism_copy($0, $1) }
             if strip == 1 { prism_remove_metadata(image.pointer) }
             prism_watch(image.pointer, self.cancellation.state)
+            image.setConcurrency(self.concurrency)
 
             let quality = Int32(output.quality)
             let effort = Int32(output.effort)

@@ -37,7 +37,7 @@ extension JobRun {
                 other.autoOrient == plan.autoOrient && other.leading != nil && other.needs.fits(in: leading.scaled)
             }
             if feedsLater {
-                scaled = try scaled.materialized(self.cancellation)
+                scaled = try scaled.materialized(self.cancellation, threads: self.concurrency)
                 if plan.autoOrient { frames.scaledOriented.append(scaled) } else { frames.scaledRaw.append(scaled) }
             }
             image = try self.finish(scaled, plan: leading, resize: resize)

@@ -17,6 +17,27 @@ struct VariantPlan {
     let format: Prism_V1_Format
 
     var errorName: String? { self.spec.name.isEmpty ? nil : self.spec.name }
+
+    /// A rough relative cost of making this variant, to balance parallel chains: the pixels
+    /// it is made at, weighted by its encoder (WebP and PNG take 2-3x JPEG's time per pixel,
+    /// AVIF far more) and its blur or sharpen.
+    var cost: Double {
+        var weight: Double
+        switch self.format {
+        case .webp: weight = 2.5
+        case .png: weight = 2
+        case .avif: weight = 8
+        default: weight = 1
+        }
+        for op in self.spec.operations {
+            switch op.op {
+            case .blur(let blur): weight += Double(blur.sigma) / 4
+            case .sharpen: weight += 0.5
+            default: break
+            }
+        }
+        return Double(self.needs.pixels) * weight
+    }
 }
 
 extension VariantPlan {

@@ -89,6 +89,13 @@ final class VImage {
     var orientation: Int { Int(prism_get_orientation(self.pointer)) }
     var hasICCProfile: Bool { prism_has_icc(self.pointer) != 0 }
 
+    /// The libvips threads that compute this image (a save, a copy to memory) when more than
+    /// the process-wide default: the image's own `VIPS_META_CONCURRENCY`, which the thread pool
+    /// of that computation reads.
+    func setConcurrency(_ threads: Int) {
+        if threads > 1 { prism_set_concurrency(self.pointer, Int32(threads)) }
+    }
+
     func string(_ field: String) -> String? {
         guard vips_image_get_typeof(self.pointer, field) != 0 else { return nil }
         var value: UnsafePointer<CChar>? = nil
@@ -96,12 +103,16 @@ final class VImage {
         return String(cString: value)
     }
 
-    /// Computes the whole image into memory, watched by `cancellation`.
-    func materialized(_ cancellation: JobCancellation) throws(VipsFailure) -> VImage {
+    /// Computes the whole image into memory, watched by `cancellation`, on `threads` libvips
+    /// threads.
+    func materialized(_ cancellation: JobCancellation, threads: Int = 1) throws(VipsFailure) -> VImage {
         prism_watch(self.pointer, cancellation.state)
+        self.setConcurrency(threads)
         guard let memory = vips_image_copy_memory(self.pointer) else {
             throw VipsFailure(detail: takeErrorBuffer())
         }
+        // The copy inherits the field; what is made from it chooses its own threads.
+        if threads > 1 { prism_set_concurrency(memory, 0) }
         return VImage(owning: memory)
     }
 }

@@ -17,6 +17,11 @@ public struct ProcessorConfiguration: Sendable {
     public var queueCapacity: Int = System.coreCount * 4
     /// Threads libvips uses inside one image's pipeline.
     public var vipsConcurrency: Int = 1
+    /// The most threads one call may use when its client says that many cores are idle
+    /// (`Request.threads`): its decode on that many libvips threads, its variants in that many
+    /// parallel chains. Chains beyond the first run on helper threads, at most
+    /// `jobThreads - 1` over all calls at once; 1 turns it off.
+    public var jobThreads: Int = System.coreCount
     /// The largest frame accepted from a client (the request carries the whole source). Before
     /// a valid Hello only `PrismProtocol.handshakeMaxFrameSize` bytes are accepted.
     public var maxFrameSize: Int = PrismProtocol.defaultMaxFrameSize

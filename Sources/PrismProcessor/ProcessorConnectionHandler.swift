@@ -212,7 +212,15 @@ final class ProcessorConnectionHandler: Sendable {
         var limits = self.server.configuration.limits
         // Each answer must fit in one frame the client accepts, with the Response's own fields.
         limits.maxOutputBytes = min(limits.maxOutputBytes, imageBudget)
-        let job = ImageJob(source: request.source, variants: request.variants, limits: limits, placeholder: request.placeholder, blurHash: request.hasBlurhash ? request.blurhash : nil)
+        let job = ImageJob(
+            source: request.source,
+            variants: request.variants,
+            limits: limits,
+            placeholder: request.placeholder,
+            blurHash: request.hasBlurhash ? request.blurhash : nil,
+            threads: min(max(1, Int(request.threads)), self.server.configuration.jobThreads),
+            helpers: self.server.helpers
+        )
         return WorkerPool.Job(isAbandoned: { cancellation.isStopped }) { queued in
             let clock = ContinuousClock()
             let jobStart = clock.now

@@ -19,6 +19,7 @@ final class ProcessorMetrics: Sendable {
     let jobsQueued: CoreMetrics.Meter
     let jobsKilled: CoreMetrics.Counter
     let jobsDropped: CoreMetrics.Counter
+    let helperChains: CoreMetrics.Counter
     let connections: CoreMetrics.Meter
     let connectionsRefused: CoreMetrics.Counter
     let tlsHandshakeFailures: CoreMetrics.Counter
@@ -44,6 +45,8 @@ final class ProcessorMetrics: Sendable {
         self.jobsKilled = CoreMetrics.Counter(label: "prism_processor_computations_killed_total", factory: factory)
         // Queued jobs whose call ended (cancelled, expired, orphaned) before a worker took them.
         self.jobsDropped = CoreMetrics.Counter(label: "prism_processor_jobs_dropped_total", factory: factory)
+        // Variant chains run on a helper thread because the call's client said cores were idle.
+        self.helperChains = CoreMetrics.Counter(label: "prism_processor_helper_chains_total", factory: factory)
         self.connections = CoreMetrics.Meter(label: "prism_processor_connections", factory: factory)
         self.connectionsRefused = CoreMetrics.Counter(label: "prism_processor_connections_refused_total", factory: factory)
         // Clients that failed TLS: untrusted or missing client certificates, plain TCP on the TLS

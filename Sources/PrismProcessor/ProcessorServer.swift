@@ -23,6 +23,8 @@ public final class ProcessorServer: Service, Sendable {
     let logger: Logger
     let metrics: ProcessorMetrics
     let pool: WorkerPool
+    /// Threads a call borrows for parallel variants when its client says cores are idle.
+    let helpers: CountedHelpers
     /// Made once at start from `configuration.tls`; every accepted connection gets a handler
     /// from it.
     private let tlsContext: NIOSSLContext?
@@ -53,6 +55,7 @@ public final class ProcessorServer: Service, Sendable {
         self.logger = logger
         self.metrics = ProcessorMetrics(registry: registry)
         self.pool = WorkerPool(workers: configuration.workers, queueCapacity: configuration.queueCapacity, metrics: self.metrics)
+        self.helpers = CountedHelpers(ThreadHelpers(limit: configuration.jobThreads - 1), started: self.metrics.helperChains)
     }
 
     /// The address the frame protocol listens on, once bound (useful with port 0).
@@ -129,6 +132,7 @@ public final class ProcessorServer: Service, Sendable {
         self.bound.set(address)
         self.logger.info("processor listening", metadata: [
             "address": "\(address.hostPort)", "workers": "\(config.workers)", "queue": "\(config.queueCapacity)",
+            "job_threads": "\(config.jobThreads)",
             "tls": "\(config.tls?.summary ?? "off")",
             "libvips": "\(Vips.version)",
         ])
@@ -277,5 +281,22 @@ public final class ProcessorServer: Service, Sendable {
         )
         // A Service in our task: it stops by itself when graceful shutdown begins.
         try await app.run()
+    }
+}
+
+/// Helper threads that count the chains they start.
+struct CountedHelpers: JobHelpers {
+    let inner: ThreadHelpers
+    let started: CoreMetrics.Counter
+
+    init(_ inner: ThreadHelpers, started: CoreMetrics.Counter) {
+        self.inner = inner
+        self.started = started
+    }
+
+    func tryRun(_ work: @escaping @Sendable () -> Void) -> Bool {
+        guard self.inner.tryRun(work) else { return false }
+        self.started.increment()
+        return true
     }
 }

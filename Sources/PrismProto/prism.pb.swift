@@ -597,6 +597,11 @@ public nonisolated struct Prism_V1_Request: Sendable {
   /// Clears the value of `blurhash`. Subsequent reads from it will return its default value.
   public mutating func clearBlurhash() {self._blurhash = nil}
 
+  /// Cores the client knows to be idle for this call (it found no other work for them); 0 or 1
+  /// means one. A server may then decode on that many threads and make independent variants in
+  /// parallel, up to its own limit; one that ignores the field just works on one thread.
+  public var threads: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1447,7 +1452,7 @@ nonisolated extension Prism_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}variants\0\u{3}timeout_ms\0\u{3}request_id\0\u{1}placeholder\0\u{1}blurhash\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}variants\0\u{3}timeout_ms\0\u{3}request_id\0\u{1}placeholder\0\u{1}blurhash\0\u{1}threads\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1461,6 +1466,7 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 4: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.placeholder) }()
       case 6: try { try decoder.decodeSingularMessageField(value: &self._blurhash) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.threads) }()
       default: break
       }
     }
@@ -1489,6 +1495,9 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     try { if let v = self._blurhash {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
     } }()
+    if self.threads != 0 {
+      try visitor.visitSingularUInt32Field(value: self.threads, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1499,6 +1508,7 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.requestID != rhs.requestID {return false}
     if lhs.placeholder != rhs.placeholder {return false}
     if lhs._blurhash != rhs._blurhash {return false}
+    if lhs.threads != rhs.threads {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -165,7 +165,7 @@ struct GatewayOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Serve the upload page at / (false: / answers 404). (env PRISM_UPLOAD_PAGE; default true)", valueName: "true|false"))
     var uploadPage: Bool?
 
-    @Option(help: "Spreading an upload's variants over processors: auto (over idle processors, one call under load), never, always. (env PRISM_SPLIT; default auto)")
+    @Option(help: "Spreading an upload's variants over processors: auto (idle processors: JPEG/WebP spread over them, others one call using them as threads; under load one call), never, always (over every processor). (env PRISM_SPLIT; default auto)")
     var split: String?
 
     @Option(help: "Largest frame accepted from a processor (one encoded variant). (env PRISM_MAX_FRAME_SIZE; default 64m)")

@@ -43,6 +43,9 @@ struct ProcessorCommand: AsyncParsableCommand {
     @Option(help: "libvips threads inside one image's pipeline. (env PRISM_VIPS_CONCURRENCY; default 1)")
     var vipsConcurrency: Int?
 
+    @Option(help: "Most threads one call may use when its client says cores are idle: a parallel decode and variants; 1 turns it off. (env PRISM_PROCESSOR_JOB_THREADS; default: number of cores)")
+    var jobThreads: Int?
+
     @Option(help: "Largest frame accepted from a client, e.g. 64m; bounds the upload size. (env PRISM_MAX_FRAME_SIZE; default 64m)")
     var maxFrameSize: ByteSizeSetting?
 
@@ -107,6 +110,7 @@ struct ProcessorCommand: AsyncParsableCommand {
         config.workers = try settings.value(self.workers, env: "PRISM_PROCESSOR_WORKERS", default: config.workers)
         config.queueCapacity = try settings.value(self.queue, env: "PRISM_PROCESSOR_QUEUE", default: config.workers * 4)
         config.vipsConcurrency = try settings.value(self.vipsConcurrency, env: "PRISM_VIPS_CONCURRENCY", default: config.vipsConcurrency)
+        config.jobThreads = try settings.value(self.jobThreads, env: "PRISM_PROCESSOR_JOB_THREADS", default: config.jobThreads)
         config.maxFrameSize = try settings.value(self.maxFrameSize, env: "PRISM_MAX_FRAME_SIZE", default: ByteSizeSetting(config.maxFrameSize)).bytes
         config.maxPendingOutputBytes = try settings.value(self.maxPendingOutputBytes, env: "PRISM_MAX_PENDING_OUTPUT_BYTES", default: ByteSizeSetting(config.maxPendingOutputBytes)).bytes
         config.maxConnections = try settings.value(self.maxConnections, env: "PRISM_PROCESSOR_MAX_CONNECTIONS", default: config.maxConnections)
@@ -132,6 +136,7 @@ struct ProcessorCommand: AsyncParsableCommand {
         try Settings.check(config.workers, in: 1...256, "--workers (PRISM_PROCESSOR_WORKERS)")
         try Settings.check(config.queueCapacity, in: 0...100_000, "--queue (PRISM_PROCESSOR_QUEUE)")
         try Settings.check(config.vipsConcurrency, in: 1...64, "--vips-concurrency (PRISM_VIPS_CONCURRENCY)")
+        try Settings.check(config.jobThreads, in: 1...64, "--job-threads (PRISM_PROCESSOR_JOB_THREADS)")
         try Settings.check(config.maxFrameSize, in: 65_536...(1 << 30), "--max-frame-size (PRISM_MAX_FRAME_SIZE)")
         try Settings.check(config.maxPendingOutputBytes, in: 65_536...(1 << 34), "--max-pending-output-bytes (PRISM_MAX_PENDING_OUTPUT_BYTES)")
         try Settings.check(config.maxConnections, in: 1...1_000_000, "--max-connections (PRISM_PROCESSOR_MAX_CONNECTIONS)")
@@ -148,7 +153,7 @@ struct ProcessorCommand: AsyncParsableCommand {
             ("listen", "\(config.host):\(config.port)"),
             ("status", config.statusPort.map { "\(config.statusHost):\($0)" } ?? "off"),
             ("workers", "\(config.workers)"), ("queue", "\(config.queueCapacity)"),
-            ("vips_concurrency", "\(config.vipsConcurrency)"), ("max_frame_size", "\(config.maxFrameSize)"),
+            ("vips_concurrency", "\(config.vipsConcurrency)"), ("job_threads", "\(config.jobThreads)"), ("max_frame_size", "\(config.maxFrameSize)"),
             ("max_pending_output_bytes", "\(config.maxPendingOutputBytes)"), ("max_connections", "\(config.maxConnections)"),
             ("max_input_pixels", "\(config.limits.maxInputPixels)"), ("max_output_dimension", "\(config.limits.maxOutputDimension)"),
             ("max_avif_pixels", "\(config.limits.maxAVIFPixels)"), ("fail_on_warnings", "\(config.limits.failOnWarnings)"),

@@ -73,20 +73,59 @@ struct RecipeTests {
         }
     }
 
-    @Test("variants are split over idle processors and kept together under load")
+    @Test("idle processors: JPEG is spread over them, PNG gets one call using them as threads")
     func planning() throws {
         let variants = RecipeBook.builtIn.variants
-        let idle = [ProcessorLoad(address: "a", inFlight: 0, workers: 2), ProcessorLoad(address: "b", inFlight: 0, workers: 2)]
-        let split = VariantPlanner.groups(variants, loads: idle, split: .auto)
-        #expect(split.count == 2)
-        #expect(Set(split.flatMap { $0 }) == Set(variants.indices))
+        let all = Array(variants.indices)
+        let idle = [ProcessorLoad(address: "a", inFlight: 0, workers: 1), ProcessorLoad(address: "b", inFlight: 0, workers: 1)]
+        let spread = VariantPlanner.calls(variants, loads: idle, split: .auto, shrinksOnLoad: true)
+        #expect(spread.count == 2)
+        #expect(spread.allSatisfy { $0.threads == 1 })
+        #expect(Set(spread.flatMap(\.members)) == Set(all))
         // The 2048 px variant (index 3) is the most expensive: it gets a call of its own.
-        #expect(split.contains([3]))
+        #expect(spread.contains { $0.members == [3] })
+        #expect(VariantPlanner.calls(variants, loads: idle, split: .auto, shrinksOnLoad: false) == [PlannedCall(members: all, threads: 2)])
+        // One processor with two idle workers: nothing to spread over, so threads.
+        let one = [ProcessorLoad(address: "a", inFlight: 0, workers: 2)]
+        #expect(VariantPlanner.calls(variants, loads: one, split: .auto, shrinksOnLoad: true) == [PlannedCall(members: all, threads: 2)])
+        let half = [ProcessorLoad(address: "a", inFlight: 1, workers: 2), ProcessorLoad(address: "b", inFlight: 3, workers: 2)]
+        #expect(VariantPlanner.calls(variants, loads: half, split: .auto, shrinksOnLoad: true) == [PlannedCall(members: all, threads: 1)])
         let busy = [ProcessorLoad(address: "a", inFlight: 2, workers: 2), ProcessorLoad(address: "b", inFlight: 5, workers: 2)]
-        #expect(VariantPlanner.groups(variants, loads: busy, split: .auto) == [Array(variants.indices)])
-        #expect(VariantPlanner.groups(variants, loads: busy, split: .always).count == 2)
-        #expect(VariantPlanner.groups(variants, loads: idle, split: .never) == [Array(variants.indices)])
-        #expect(VariantPlanner.groups([variants[0]], loads: idle, split: .auto) == [[0]])
+        for shrinks in [true, false] {
+            #expect(VariantPlanner.calls(variants, loads: busy, split: .auto, shrinksOnLoad: shrinks) == [PlannedCall(members: all, threads: 1)])
+            #expect(VariantPlanner.calls(variants, loads: [], split: .auto, shrinksOnLoad: shrinks) == [PlannedCall(members: all, threads: 1)])
+            #expect(VariantPlanner.calls(variants, loads: idle, split: .never, shrinksOnLoad: shrinks) == [PlannedCall(members: all, threads: 1)])
+        }
+        #expect(VariantPlanner.calls([variants[0]], loads: idle, split: .auto, shrinksOnLoad: true) == [PlannedCall(members: [0], threads: 2)])
+    }
+
+    @Test("baseline JPEG and WebP shrink cheaply on load; progressive JPEG and PNG do not")
+    func cheapShrink() throws {
+        // SOI, an APP0 segment, a fill byte, then the frame header.
+        func jpeg(_ frame: UInt8) -> Data {
+            Data([0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10] + Array(repeating: 0x4A, count: 14) + [0xFF, 0xFF, frame, 0x00, 0x11, 0x08])
+        }
+        #expect(ImageFormat.jpegFrameType(jpeg(0xC0)) == .sequential)
+        #expect(ImageFormat.jpegFrameType(jpeg(0xC2)) == .progressive)
+        #expect(ImageFormat.jpegFrameType(jpeg(0xC3)) == .other)
+        #expect(ImageFormat.jpegFrameType(jpeg(0xDA)) == nil)
+        #expect(ImageFormat.jpegFrameType(Data([0xFF, 0xD8, 0xFF, 0xE1, 0xFF, 0xFF])) == nil)  // a length past the end
+        #expect(ImageFormat.shrinksCheaplyOnLoad(jpeg(0xC0), sniffed: ImageFormat.sniff(jpeg(0xC0))))
+        #expect(!ImageFormat.shrinksCheaplyOnLoad(jpeg(0xC2), sniffed: "jpeg"))
+        #expect(ImageFormat.shrinksCheaplyOnLoad(Data(), sniffed: "webp"))
+        #expect(!ImageFormat.shrinksCheaplyOnLoad(Data([0x89, 0x50, 0x4E, 0x47]), sniffed: "png"))
+    }
+
+    @Test("split always spreads over every processor, the 2048 px variant in a call of its own")
+    func splitAlways() throws {
+        let variants = RecipeBook.builtIn.variants
+        let busy = [ProcessorLoad(address: "a", inFlight: 2, workers: 2), ProcessorLoad(address: "b", inFlight: 5, workers: 2)]
+        let calls = VariantPlanner.calls(variants, loads: busy, split: .always, shrinksOnLoad: false)
+        #expect(calls.count == 2)
+        #expect(calls.allSatisfy { $0.threads == 1 })
+        #expect(Set(calls.flatMap(\.members)) == Set(variants.indices))
+        #expect(calls.contains { $0.members == [3] })
+        #expect(VariantPlanner.calls([variants[0]], loads: busy, split: .always, shrinksOnLoad: true) == [PlannedCall(members: [0], threads: 1)])
     }
 
     @Test("ids are UUIDv7, in time order; anything else is not an id")

@@ -59,6 +59,28 @@ struct ProcessorTests {
         }
     }
 
+    @Test("a call told that two cores are idle makes its variants in parallel chains, up to --job-threads", arguments: [1, 2])
+    func threads(jobThreads: Int) async throws {
+        let source = try TestImages.photo("Garden.jpg")
+        let specs = [
+            variant("thumb", [resize(200, 200)]),
+            variant("small", [resize(640, 0, fit: .inside)], format: .webp),
+            variant("large", [resize(2048, 2048, fit: .inside)]),
+        ]
+        try await ProcessorFixture.run({ $0.jobThreads = jobThreads }) { fixture in
+            try await fixture.withConnection { connection in
+                var request = ProcessRequest(source: source, variants: specs)
+                request.threads = 2
+                let result = try await connection.process(request)
+                #expect(result.variants.map(\.name) == ["thumb", "small", "large"])
+                #expect(result.variants.map(\.width) == [200, 640, 2048])
+            }
+            let metrics = try await fixture.metrics()
+            // One helper chain with a second thread allowed; none with --job-threads 1.
+            #expect(metricValue(metrics, "prism_processor_helper_chains_total") == (jobThreads == 2 ? 1 : 0))
+        }
+    }
+
     @Test("garbage gets an error frame and a close; the next client is served")
     func garbage() async throws {
         try await ProcessorFixture.run { fixture in
