@@ -3,8 +3,8 @@
 #   scripts/install-deps.sh          build + run: libvips, libcurl, OpenSSL, protobuf-c, protoc
 #                                    (make protos)
 #   scripts/install-deps.sh --test   also what the tests use: exiftool, docker-compose (to
-#                                    validate compose/), nss_wrapper (one DNS name for several
-#                                    local processors), pytest, pyvips, boto3, SeaweedFS,
+#                                    validate compose/), gcc (the C client and the tests'
+#                                    steerable resolver), pytest, pyvips, boto3, SeaweedFS,
 #                                    chromium + chromium-driver and selenium (the upload page),
 #                                    schemathesis and openapi-spec-validator (the API document),
 #                                    kubernetes-validate (deploy/kubernetes against the API's
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 want=(libvips-dev libvips-tools libcurl4-openssl-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler pkg-config make gcc curl)
 mode=${1:-}
 if [[ $mode == --test || $mode == --bench ]]; then
-  want+=(libimage-exiftool-perl docker-compose python3-pip libnss-wrapper chromium chromium-driver)
+  want+=(libimage-exiftool-perl docker-compose python3-pip chromium chromium-driver)
 fi
 if [[ $mode == --bench ]]; then
   want+=(plasma-workspace-wallpapers python3-venv)

@@ -57,6 +57,13 @@ struct DisconnectAwareHTTP1: ServerChildChannel {
     }
 
     func handle(value: HTTP1Channel.Value, logger: Logger) async {
+        // From here on a request on this connection will be served: a shutdown may wait for it
+        // (RequestTimeoutHandler). A connection accepted as the server stopped gets no handler
+        // task at all, so it must be closed at once instead.
+        let channel = value.channel
+        channel.eventLoop.execute {
+            (try? channel.pipeline.syncOperations.handler(type: RequestTimeoutHandler.self))?.served()
+        }
         await self.http1.handle(value: value, logger: logger)
     }
 

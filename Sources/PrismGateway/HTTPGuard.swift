@@ -113,8 +113,8 @@ final class ConnectionLimiter: Sendable {
 ///   connection closes;
 /// - an answer that ends before its request body did closes the connection after a short
 ///   linger, as nginx does, instead of reading a body nobody wants;
-/// - at graceful shutdown (`ChannelShouldQuiesceEvent`), a connection that is sending its first
-///   request, or has just been accepted and sent nothing yet, is not closed under the client:
+/// - at graceful shutdown (`ChannelShouldQuiesceEvent`), a connection Hummingbird already serves
+///   that is sending its first request, or has sent nothing yet, is not closed under the client:
 ///   the event is held until that request's header arrives, and its answer (like every answer
 ///   from then on) says `Connection: close`. If no request comes, the header timeout ends the
 ///   connection as usual. Idle keep-alive connections close at once, as in Go's net/http.
@@ -153,6 +153,8 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var quiescing = false
     /// A shutdown event held back until the request being sent has its header read.
     private var quiesceHeld = false
+    /// Hummingbird runs a task for this connection: its requests are read and answered.
+    private var isServed = false
     /// The newest request ends the connection (`LastRequestMarker` set `Connection: close`).
     private var lastRequest = false
 
@@ -214,13 +216,19 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
+    /// Called on the event loop once Hummingbird's task for this connection has started.
+    func served() {
+        self.isServed = true
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         guard event is ChannelShouldQuiesceEvent else {
             context.fireUserInboundEventTriggered(event)
             return
         }
         self.quiescing = true
-        if !self.closing, self.outstanding == 0, case .waiting(_, let fresh) = self.reading, fresh || self.activity.firstByteAt != nil {
+        if self.isServed, !self.closing, self.outstanding == 0, case .waiting(_, let fresh) = self.reading,
+           fresh || self.activity.firstByteAt != nil {
             // A client that connected (or began a request) just before the shutdown began.
             self.quiesceHeld = true
             return

@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +27,42 @@ C_CLIENT = REPO / ".build-c" / "prism-call"
 
 
 _ports_given = set()
+
+
+class FakeDNS:
+    """One DNS name the tests control, for a gateway started with `env()`: its getaddrinfo is
+    answered from a file (Tests/system/support/fake_resolver.c, preloaded), read on every
+    lookup. `publish(ips)` is that name's answer (none: the name does not exist, NXDOMAIN);
+    `fail()` makes lookups fail as a DNS timeout does. Every other name resolves as usual.
+    nss_wrapper was used before: it is not safe with lookups on several threads at once (a
+    gateway crashed with a double free inside it), and it cannot fail a lookup on purpose."""
+
+    _library = None
+
+    def __init__(self, tmp_path, name):
+        if FakeDNS._library is None:
+            built = Path(tempfile.mkdtemp(prefix="prism-fake-dns-")) / "fake_resolver.so"
+            subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(built),
+                            str(REPO / "Tests" / "system" / "support" / "fake_resolver.c"), "-ldl"], check=True)
+            FakeDNS._library = built
+        self.name = name
+        self.path = Path(tmp_path) / f"dns-{name}"
+        self.publish([])
+
+    def _write(self, text):
+        # Whole or not at all: the resolver may read the file at any moment.
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(text)
+        os.replace(partial, self.path)
+
+    def publish(self, ips):
+        self._write("".join(f"{ip}\n" for ip in ips))
+
+    def fail(self):
+        self._write("FAIL\n")
+
+    def env(self):
+        return {"LD_PRELOAD": str(FakeDNS._library), "FAKE_DNS_NAME": self.name, "FAKE_DNS_FILE": str(self.path)}
 
 
 def free_port():

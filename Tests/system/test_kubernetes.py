@@ -6,8 +6,8 @@ processes run with each manifest's own environment.
 
 No cluster runs here. A pod is a process started with the arguments and environment its
 manifest gives it, its volumes made as temporary directories (ConfigMaps and Secrets written
-out as files), its IP a 127.0.0.x address; the headless Service's DNS name is an nss_wrapper
-hosts file the test rewrites as the endpoints change (test_operations.py's helpers).
+out as files), its IP a 127.0.0.x address; the headless Service's DNS name is answered by
+conftest.FakeDNS from a file the test rewrites as the endpoints change.
 """
 import base64
 import os
@@ -27,7 +27,7 @@ import requests
 import yaml
 
 import kustomize_lite
-from conftest import BIN, REPO, Service, free_port, metric_value, photo, wait_until
+from conftest import BIN, REPO, FakeDNS, Service, free_port, metric_value, photo, wait_until
 from test_operations import compose_config, dockerfile_env
 
 KUBE = REPO / "deploy" / "kubernetes"
@@ -190,8 +190,7 @@ class Cluster:
         self.seaweed = seaweed
         self.objects = rendered("example")
         self.started = []
-        self.hosts = tmp_path / "hosts"
-        write_hosts_named(self.hosts, self.SERVICE, [])
+        self.dns = FakeDNS(tmp_path, self.SERVICE)
         self.frame_port = free_port()
         self.dns_refresh = dns_refresh
         ca = pki.ca_cert.read_bytes()
@@ -224,8 +223,8 @@ class Cluster:
         return pod
 
     def publish(self, ips):
-        """The headless Service's DNS answer: these pods' addresses."""
-        write_hosts_named(self.hosts, self.SERVICE, ips)
+        """The headless Service's DNS answer: these pods' addresses (none: NXDOMAIN)."""
+        self.dns.publish(ips)
 
     def gateway_environment(self, sandbox, port):
         dns = sandbox.environment()["PRISM_PROCESSOR_DNS"]
@@ -234,9 +233,8 @@ class Cluster:
             PRISM_GATEWAY_HOST="127.0.0.1", PRISM_GATEWAY_PORT=str(port),
             PRISM_PROCESSOR_DNS=f"{self.SERVICE}:{self.frame_port}",
             PRISM_S3_ENDPOINT=self.seaweed.endpoint, **self.seaweed.gateway_env(),
-            # Cluster DNS, as nss_wrapper: one name, the addresses publish() wrote.
-            LD_PRELOAD="libnss_wrapper.so", NSS_WRAPPER_HOSTS=str(self.hosts),
-            NSS_WRAPPER_PASSWD="/etc/passwd", NSS_WRAPPER_GROUP="/etc/group")
+            # Cluster DNS: one name, the addresses publish() wrote.
+            **self.dns.env())
         if self.dns_refresh:
             overrides["PRISM_PROCESSOR_DNS_REFRESH"] = self.dns_refresh
         return sandbox.local_environment(**overrides)
@@ -255,25 +253,6 @@ class Cluster:
     def stop(self):
         for pod in reversed(self.started):
             pod.stop()
-
-
-def write_hosts_named(path, name, ips, _generation=[0]):
-    """test_operations.write_hosts for another name, safe while the gateway re-resolves every
-    second: nss_wrapper keeps the file open and reloads it when its mtime (in whole seconds)
-    changes, so the file must never be empty or half-named at a moment it may be read. The new
-    lines are written over the old ones in place, the file is cut to length (in between a
-    reader may see a leftover old line: a processor that is leaving anyway), and only then is
-    it given an mtime no earlier state had."""
-    _generation[0] += 1
-    data = "".join(f"{ip} {name}\n" for ip in ips).encode()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
-    finally:
-        os.close(fd)
-    stamp = time.time() + 10 + 2 * _generation[0]
-    os.utime(path, (stamp, stamp))
 
 
 def wait_ready(gateway, count, timeout=30):

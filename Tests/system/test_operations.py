@@ -11,7 +11,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import BIN, REPO, Gateway, Processor, Service, edge, free_port, metric_value, photo, wait_until
+from conftest import BIN, REPO, FakeDNS, Gateway, Processor, Service, edge, free_port, metric_value, photo, wait_until
 
 COMPOSE = REPO / "compose" / "docker-compose.yml"
 
@@ -99,28 +99,17 @@ class NamedProcessor(Processor):
         super().__init__(log_dir, "--workers", "1", env=env, name=f"processor-{ip}", host=ip, port=port)
 
 
-def write_hosts(path, ips, _generation=[0]):
-    """Rewrites the hosts file in place with a new modification time: nss_wrapper keeps the file
-    open and reloads it only when its mtime (in whole seconds) changes."""
-    _generation[0] += 1
-    path.write_text("".join(f"{ip} processor\n" for ip in ips))
-    stamp = time.time() + 2 * _generation[0]
-    os.utime(path, (stamp, stamp))
-
-
 def test_compose_topology_as_local_processes(services, seaweed, tmp_path):
     """One DNS name with several processors and the S3 backend, as compose runs it, scaled up and down."""
-    hosts = tmp_path / "hosts"
+    dns = FakeDNS(tmp_path, "processor")
     port = free_port()
     replicas = {ip: services.add(NamedProcessor(tmp_path, ip, port, env={"PRISM_AUTH_TOKEN": "compose-token"}))
                 for ip in ("127.0.0.2", "127.0.0.3")}
-    write_hosts(hosts, replicas)
+    dns.publish(replicas)
     env = {
         **seaweed.gateway_env(),
-        # The gateway resolves names through nss_wrapper, reading this hosts file: one name,
-        # one address per replica, as Docker's DNS gives for a scaled service.
-        "LD_PRELOAD": "libnss_wrapper.so", "NSS_WRAPPER_HOSTS": str(hosts),
-        "NSS_WRAPPER_PASSWD": "/etc/passwd", "NSS_WRAPPER_GROUP": "/etc/group",
+        # One name, one address per replica, as Docker's DNS gives for a scaled service.
+        **dns.env(),
         "PRISM_PROCESSOR_DNS": f"processor:{port}", "PRISM_PROCESSOR_DNS_REFRESH": "200ms",
         "PRISM_AUTH_TOKEN": "compose-token", "PRISM_STORAGE": "s3", "PRISM_S3_ENDPOINT": seaweed.endpoint,
         "PRISM_S3_BUCKET": "compose", "PRISM_S3_CREATE_BUCKET": "true", "PRISM_LOG_FORMAT": "json",
@@ -134,13 +123,13 @@ def test_compose_topology_as_local_processes(services, seaweed, tmp_path):
 
     # Scale up: a third replica appears in DNS.
     third = services.add(NamedProcessor(tmp_path, "127.0.0.4", port, env={"PRISM_AUTH_TOKEN": "compose-token"}))
-    write_hosts(hosts, ("127.0.0.2", "127.0.0.3", "127.0.0.4"))
+    dns.publish(("127.0.0.2", "127.0.0.3", "127.0.0.4"))
     gateway.wait_processors(3)
 
     # Scale down: a replica stops (SIGTERM, as compose does) and leaves DNS.
     leaving = replicas["127.0.0.2"]
     leaving.signal(signal.SIGTERM)
-    write_hosts(hosts, ("127.0.0.3", "127.0.0.4"))
+    dns.publish(("127.0.0.3", "127.0.0.4"))
     assert leaving.proc.wait(90) == 0
     gateway.wait_processors(2)
     for _ in range(3):
@@ -155,25 +144,18 @@ def test_a_failed_dns_lookup_keeps_the_processors_and_a_missing_name_drops_them(
     processors: the gateway keeps the last answer and uploads go on. An answer without the name
     (NXDOMAIN, as a headless Service with no ready pod gives) retires them.
 
-    The gateway's getaddrinfo answers the processor name from a file this test writes
-    (Tests/system/support/fake_resolver.c, preloaded): nss_wrapper cannot make a lookup fail
-    on purpose, and no DNS server of our own can be put in front of glibc here."""
-    resolver = tmp_path / "fake_resolver.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(resolver),
-                    str(REPO / "Tests" / "system" / "support" / "fake_resolver.c"), "-ldl"], check=True)
-    answers = tmp_path / "dns"
+    The name is answered by FakeDNS (conftest.py): no DNS server of our own can be put in
+    front of glibc here."""
+    dns = FakeDNS(tmp_path, "processor")
     port = free_port()
     replicas = [services.add(NamedProcessor(tmp_path, ip, port)) for ip in ("127.0.0.2", "127.0.0.3")]
-    answers.write_text("127.0.0.2\n127.0.0.3\n")
-    env = {
-        "LD_PRELOAD": str(resolver), "FAKE_DNS_NAME": "processor", "FAKE_DNS_FILE": str(answers),
-        "PRISM_PROCESSOR_DNS": f"processor:{port}", "PRISM_PROCESSOR_DNS_REFRESH": "200ms",
-    }
+    dns.publish(("127.0.0.2", "127.0.0.3"))
+    env = {**dns.env(), "PRISM_PROCESSOR_DNS": f"processor:{port}", "PRISM_PROCESSOR_DNS_REFRESH": "200ms"}
     gateway = services.gateway((), env=env)
     gateway.wait_processors(2)
     assert gateway.upload(photo("Dune.jpg")).status_code == 201
 
-    answers.write_text("FAIL\n")
+    dns.fail()
     wait_until(lambda: gateway.log().count("processor name lookup failed") >= 3, 60,
                message="three failed lookups")
     assert metric_value(gateway.metrics(), "prism_gateway_processor_connections", 'state="ready"') == 2
@@ -182,7 +164,7 @@ def test_a_failed_dns_lookup_keeps_the_processors_and_a_missing_name_drops_them(
     assert "processor no longer in DNS" not in gateway.log()
 
     # An answer: the name is gone.
-    answers.write_text("")
+    dns.publish([])
     wait_until(lambda: gateway.log().count("processor no longer in DNS") == 2, 60, message="both processors retired")
     response = gateway.upload(photo("Dune.jpg"))
     assert response.status_code == 503, response.text

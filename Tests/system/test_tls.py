@@ -20,7 +20,7 @@ import time
 import pytest
 import requests
 
-from conftest import BIN, Processor, free_port, photo, wait_until
+from conftest import BIN, FakeDNS, Processor, free_port, photo, wait_until
 from test_processor_faults import Frame, hello
 from tls_pki import PKI
 
@@ -146,15 +146,13 @@ def test_the_server_name_defaults_to_the_host_and_can_be_set(services, pki):
 def test_processors_found_through_dns_are_checked_against_the_dns_name(services, pki, tmp_path):
     # Two replicas behind one name, as compose scales a service; their certificate carries
     # only that name, so checking the resolved addresses instead would fail.
-    hosts = tmp_path / "hosts"
-    hosts.write_text("127.0.0.2 processor\n127.0.0.3 processor\n")
+    dns = FakeDNS(tmp_path, "processor")
+    dns.publish(("127.0.0.2", "127.0.0.3"))
     port = free_port()
     replicas = [services.add(Processor(tmp_path, "--workers", "1", "--tls-cert", pki.service_cert,
                                        "--tls-key", pki.service_key, name=f"processor-{ip}", host=ip, port=port))
                 for ip in ("127.0.0.2", "127.0.0.3")]
-    env = {"LD_PRELOAD": "libnss_wrapper.so", "NSS_WRAPPER_HOSTS": str(hosts),
-           "NSS_WRAPPER_PASSWD": "/etc/passwd", "NSS_WRAPPER_GROUP": "/etc/group"}
-    gateway = services.gateway((), "--processor-tls-ca", pki.ca_cert, env=env, dns=f"processor:{port}")
+    gateway = services.gateway((), "--processor-tls-ca", pki.ca_cert, env=dns.env(), dns=f"processor:{port}")
     gateway.wait_processors(2)
     for _ in range(2):
         assert gateway.upload(photo("Storm.jpg")).status_code == 201
