@@ -90,6 +90,7 @@ let package = Package(
         .target(
             name: "PrismProcessor",
             dependencies: [
+                "CCrypto",
                 "PrismWire",
                 "PrismTLS",
                 "PrismImaging",
@@ -246,6 +247,7 @@ let package = Package(
             dependencies: [
                 "PrismProcessor",
                 "PrismClient",
+                "PrismStorage",
                 "PrismWire",
                 "PrismProto",
                 "PrismTestSupport",

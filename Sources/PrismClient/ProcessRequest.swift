@@ -25,6 +25,9 @@ public struct ProcessRequest: Sendable {
     /// Cores the caller knows to be idle for this call: the processor may decode and make
     /// variants on that many threads (`Request.threads`).
     public var threads = 1
+    /// Ask for the source's SHA-256 (`ProcessResult.sourceSHA256`), so the caller need not read
+    /// the source to hash it.
+    public var sourceSHA256 = false
 
     public init(
         source: ByteBuffer,
@@ -71,6 +74,26 @@ public struct VariantResult: Sendable {
     public var format: Prism_V1_Format
     /// Processor time spent making it.
     public var processDuration: Duration
+    /// MD5 and SHA-256 of `data` as the processor computed them (nil from a processor that does
+    /// not send them, or sent something else than a digest).
+    public var md5: Data?
+    public var sha256: Data?
+
+    public init(
+        byteCount: Int, index: Int, name: String, data: Data, width: Int, height: Int,
+        format: Prism_V1_Format, processDuration: Duration, md5: Data? = nil, sha256: Data? = nil
+    ) {
+        self.byteCount = byteCount
+        self.index = index
+        self.name = name
+        self.data = data
+        self.width = width
+        self.height = height
+        self.format = format
+        self.processDuration = processDuration
+        self.md5 = md5
+        self.sha256 = sha256
+    }
 }
 
 /// A finished call: every variant, in spec order, and what the processor said at the end.
@@ -78,6 +101,8 @@ public struct ProcessResult: Sendable {
     public var variants: [VariantResult]
     public var complete: Prism_V1_Complete
     public var source: Prism_V1_SourceInfo { self.complete.source }
+    /// The source's SHA-256 when it was asked for (`ProcessRequest.sourceSHA256`) and sent.
+    public var sourceSHA256: Data? { self.complete.source.sha256.count == 32 ? self.complete.source.sha256 : nil }
 }
 
 extension VariantResult {

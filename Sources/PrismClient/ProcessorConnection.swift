@@ -299,6 +299,7 @@ public final class ProcessorConnection: Sendable {
         message.placeholder = request.placeholder || request.blurHash != nil
         if let blurHash = request.blurHash { message.blurhash = blurHash }
         message.threads = UInt32(clamping: max(1, request.threads))
+        message.sourceSha256 = request.sourceSHA256
         if let deadline = request.deadline {
             let remaining = ContinuousClock.now.duration(to: deadline)
             guard remaining > .milliseconds(1) else {
@@ -347,7 +348,10 @@ public final class ProcessorConnection: Sendable {
                         width: Int(response.width),
                         height: Int(response.height),
                         format: response.format,
-                        processDuration: VariantResult.processDuration(microseconds: response.processUs)
+                        processDuration: VariantResult.processDuration(microseconds: response.processUs),
+                        // A digest of the wrong length is not one: the caller hashes the bytes.
+                        md5: response.md5.count == 16 ? response.md5 : nil,
+                        sha256: response.sha256.count == 32 ? response.sha256 : nil
                     )
                     try await onVariant(result)
                     if !request.keepsVariantData { result.data = Data() }

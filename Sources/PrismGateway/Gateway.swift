@@ -62,7 +62,7 @@ public final class Gateway: Sendable {
         switch configuration.storage {
         case .local(let directory, let publicBaseURL):
             let base = publicBaseURL ?? "http://\(configuration.host == "0.0.0.0" ? "localhost" : configuration.host):\(configuration.port)/files"
-            self.store = try LocalDiskStore(root: URL(fileURLWithPath: directory), publicBaseURL: base)
+            self.store = try LocalDiskStore(root: URL(fileURLWithPath: directory), publicBaseURL: base, durable: configuration.localFsync)
             self.curl = nil
         case .s3(let s3, _):
             let curl = CurlDriver()

@@ -107,7 +107,7 @@ final class IdempotencyStore: Sendable {
                 state: .running, fingerprint: fingerprint, recipe: recipe, imageID: nil,
                 created: now, expires: now.addingTimeInterval(self.runningLimit.seconds)
             )
-            _ = try await self.store.put(key: recordKey, body: running.encoded(), contentType: "application/json", cacheControl: "no-store")
+            _ = try await self.store.put(key: recordKey, body: running.encoded(), contentType: "application/json", cacheControl: "no-store", options: PutOptions(entityTag: false))
             return .run(Ticket(recordKey: recordKey, fingerprint: fingerprint, recipe: recipe))
         } catch {
             self.local.withLock { _ = $0.remove(recordKey) }
@@ -126,7 +126,7 @@ final class IdempotencyStore: Sendable {
         )
         let store = self.store
         do {
-            _ = try await finishWrite { try await store.put(key: ticket.recordKey, body: done.encoded(), contentType: "application/json", cacheControl: "no-store") }
+            _ = try await finishWrite { try await store.put(key: ticket.recordKey, body: done.encoded(), contentType: "application/json", cacheControl: "no-store", options: PutOptions(entityTag: false)) }
         } catch {
             // The image is kept; a retry after the running marker expires makes a second one.
             logger.error("idempotency record could not be stored", metadata: ["image_id": "\(imageID)", "error": "\(error)"])

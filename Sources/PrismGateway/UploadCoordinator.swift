@@ -109,18 +109,24 @@ struct UploadCoordinator: Sendable {
         logger.debug("upload planned", metadata: ["calls": "\(calls.count)", "threads": "\(calls.map(\.threads))", "variants": "\(recipe.variants.count)"])
 
         enum Part: Sendable {
-            case original(sha256: String)
+            case original(sha256: Data?)
             case call(ProcessResult, [Int], [Int: String])
         }
+        // The manifest's SHA-256 of the original: a store that signs what it is given (S3) needs
+        // it before the original goes out, so it is computed here once; otherwise the processor
+        // of the first call computes it, and this gateway never reads the source to hash it.
+        let hashesSourceHere = self.store.signsContent
         let dispatched = clock.now
         let parts: [Part] = try await withThrowingTaskGroup(of: Part.self) { group in
             group.addTask {
-                // Hashed and stored while the processors work.
-                let sha256 = Digest.sha256Hex(source)
+                // Stored while the processors work. The manifest carries no ETag for the
+                // original, so the local store leaves its MD5 to the first GET.
+                let sha256 = hashesSourceHere ? Digest.sha256(source) : nil
                 written.add(originalKey)
                 let stored = clock.now
                 let store = self.store
-                _ = try await finishWrite { try await store.put(key: originalKey, body: source, contentType: contentType(forKey: originalKey), cacheControl: cacheControl) }
+                let options = PutOptions(sha256: sha256, entityTag: false)
+                _ = try await finishWrite { try await store.put(key: originalKey, body: source, contentType: contentType(forKey: originalKey), cacheControl: cacheControl, options: options) }
                 self.metrics.stored(bytes: source.count, duration: clock.now - stored)
                 return .original(sha256: sha256)
             }
@@ -133,14 +139,19 @@ struct UploadCoordinator: Sendable {
                     var request = ProcessRequest(source: sourceBuffer, variants: specs, deadline: deadline, requestID: requestID, keepsVariantData: false)
                     // One call is enough to describe the source.
                     request.placeholder = number == 0
-                    if number == 0 { request.blurHash = recipe.blurHash }
+                    if number == 0 {
+                        request.blurHash = recipe.blurHash
+                        request.sourceSHA256 = !hashesSourceHere
+                    }
                     request.threads = call.threads
                     let result = try await self.pool.process(request) { variant in
                         let key = Self.variantKey(id: id, spec: specs[variant.index])
                         written.add(key)
                         let stored = clock.now
                         let store = self.store
-                        let etag = try await finishWrite { try await store.put(key: key, body: variant.data, contentType: contentType(forKey: key), cacheControl: cacheControl) }
+                        // The processor's digests of the bytes: stored without hashing them again.
+                        let options = PutOptions(md5: variant.md5, sha256: variant.sha256)
+                        let etag = try await finishWrite { try await store.put(key: key, body: variant.data, contentType: contentType(forKey: key), cacheControl: cacheControl, options: options) }
                         self.metrics.stored(bytes: variant.data.count, duration: clock.now - stored)
                         self.metrics.variant(variant.processDuration)
                         etags.withLock { $0[variant.index] = etag }
@@ -155,15 +166,16 @@ struct UploadCoordinator: Sendable {
         }
         self.metrics.stage("process", clock.now - dispatched)
 
-        var originalSHA256 = ""
+        var originalSHA256: Data? = nil
         var sourceInfo = Prism_V1_SourceInfo()
         var variants = [Manifest.Variant?](repeating: nil, count: recipe.variants.count)
         for part in parts {
             switch part {
             case .original(let sha256):
-                originalSHA256 = sha256
+                if let sha256 { originalSHA256 = sha256 }
             case .call(let result, let members, let etags):
                 if result.source.hasPlaceholder || !sourceInfo.hasPlaceholder { sourceInfo = result.source }
+                if originalSHA256 == nil { originalSHA256 = result.sourceSHA256 }
                 for variant in result.variants {
                     let index = members[variant.index]
                     let spec = recipe.variants[index]
@@ -185,7 +197,8 @@ struct UploadCoordinator: Sendable {
                 key: originalKey, url: self.store.url(for: originalKey),
                 width: Int(sourceInfo.width), height: Int(sourceInfo.height),
                 format: formatName == "unknown" ? sniffed : formatName,
-                bytes: source.count, sha256: originalSHA256
+                // From a processor that did not send it: hashed here after all.
+                bytes: source.count, sha256: Digest.hex(originalSHA256 ?? Digest.sha256(source))
             ),
             variants: variants.compactMap { $0 },
             placeholder: sourceInfo.hasPlaceholder ? Manifest.Placeholder(sourceInfo.placeholder) : nil
@@ -197,7 +210,7 @@ struct UploadCoordinator: Sendable {
         let manifestKey = Manifest.key(id: id)
         written.add(manifestKey)
         let committing = clock.now
-        _ = try await self.store.put(key: manifestKey, body: manifest.encoded(), contentType: "application/json", cacheControl: "no-cache")
+        _ = try await self.store.put(key: manifestKey, body: manifest.encoded(), contentType: "application/json", cacheControl: "no-cache", options: PutOptions(entityTag: false))
         committed.set(manifest)
         self.metrics.stage("manifest", clock.now - committing)
         // From here the image exists, whatever happens to the request (a client that leaves

@@ -36,7 +36,7 @@ final class ProcessorConnectionHandler: Sendable {
     }
 
     private enum CallEvent: Sendable {
-        case variant(EncodedVariant)
+        case variant(EncodedVariant, ContentDigests)
         case done(JobSummary, queued: Duration)
         case failed(ImagingError)
         case timedOut
@@ -221,13 +221,20 @@ final class ProcessorConnectionHandler: Sendable {
             threads: min(max(1, Int(request.threads)), self.server.configuration.jobThreads),
             helpers: self.server.helpers
         )
+        let sourceSHA256 = request.sourceSha256
+        let source = request.source
         return WorkerPool.Job(isAbandoned: { cancellation.isStopped }) { queued in
             let clock = ContinuousClock()
             let jobStart = clock.now
             let ending: CallEvent
             let outcome: String
             do throws(ImagingError) {
-                let summary = try job.run(cancellation: cancellation) { events.yield(.variant($0)) }
+                var summary = try job.run(cancellation: cancellation) { variant in
+                    // Hashed here, on the worker, while the bytes are still in cache: the client
+                    // then stores them without reading them again (S3 ETag and signature).
+                    events.yield(.variant(variant, ContentDigests(of: variant.data)))
+                }
+                if sourceSHA256 { summary.source.sha256 = ContentDigests.sha256(of: source) }
                 ending = .done(summary, queued: queued)
                 outcome = "ok"
             } catch {
@@ -273,7 +280,7 @@ final class ProcessorConnectionHandler: Sendable {
         await withTaskCancellationHandler {
             loop: for await event in call.stream {
                 switch event {
-                case .variant(let variant):
+                case .variant(let variant, let digests):
                     var response = Prism_V1_Response()
                     response.variantIndex = UInt32(variant.index)
                     response.data = variant.data
@@ -281,6 +288,8 @@ final class ProcessorConnectionHandler: Sendable {
                     response.height = UInt32(variant.size.height)
                     response.format = variant.format
                     response.processUs = variant.duration.microseconds
+                    response.md5 = digests.md5
+                    response.sha256 = digests.sha256
                     self.send(.response(callID: callID, response))
                     metrics.variantDuration.recordNanoseconds(variant.duration.nanoseconds)
                     metrics.encodeDuration.recordNanoseconds(variant.encodeDuration.nanoseconds)

@@ -602,6 +602,10 @@ public nonisolated struct Prism_V1_Request: Sendable {
   /// parallel, up to its own limit; one that ignores the field just works on one thread.
   public var threads: UInt32 = 0
 
+  /// Also put the source's SHA-256 in Complete.source.sha256, so the client need not hash the
+  /// source itself.
+  public var sourceSha256: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -645,6 +649,13 @@ public nonisolated struct Prism_V1_Response: Sendable {
 
   /// Time spent making this variant (operations and encoding), microseconds.
   public var processUs: UInt64 = 0
+
+  /// Digests of `data`: MD5 (16 bytes, the ETag S3 gives an object stored in one piece, and its
+  /// Content-MD5) and SHA-256 (32 bytes, what S3 requests are signed with). Empty from a server
+  /// that does not compute them; a client then hashes `data` itself.
+  public var md5: Data = Data()
+
+  public var sha256: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -709,6 +720,9 @@ public nonisolated struct Prism_V1_SourceInfo: Sendable {
   public var hasPlaceholder: Bool {self._placeholder != nil}
   /// Clears the value of `placeholder`. Subsequent reads from it will return its default value.
   public mutating func clearPlaceholder() {self._placeholder = nil}
+
+  /// SHA-256 of Request.source (32 bytes), when the Request asked for it (source_sha256).
+  public var sha256: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1452,7 +1466,7 @@ nonisolated extension Prism_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}variants\0\u{3}timeout_ms\0\u{3}request_id\0\u{1}placeholder\0\u{1}blurhash\0\u{1}threads\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}variants\0\u{3}timeout_ms\0\u{3}request_id\0\u{1}placeholder\0\u{1}blurhash\0\u{1}threads\0\u{3}source_sha256\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1467,6 +1481,7 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 5: try { try decoder.decodeSingularBoolField(value: &self.placeholder) }()
       case 6: try { try decoder.decodeSingularMessageField(value: &self._blurhash) }()
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.threads) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.sourceSha256) }()
       default: break
       }
     }
@@ -1498,6 +1513,9 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if self.threads != 0 {
       try visitor.visitSingularUInt32Field(value: self.threads, fieldNumber: 7)
     }
+    if self.sourceSha256 != false {
+      try visitor.visitSingularBoolField(value: self.sourceSha256, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1509,6 +1527,7 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.placeholder != rhs.placeholder {return false}
     if lhs._blurhash != rhs._blurhash {return false}
     if lhs.threads != rhs.threads {return false}
+    if lhs.sourceSha256 != rhs.sourceSha256 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1551,7 +1570,7 @@ nonisolated extension Prism_V1_BlurHashSpec: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Prism_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}variant_index\0\u{1}data\0\u{1}width\0\u{1}height\0\u{1}format\0\u{3}process_us\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}variant_index\0\u{1}data\0\u{1}width\0\u{1}height\0\u{1}format\0\u{3}process_us\0\u{1}md5\0\u{1}sha256\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1565,6 +1584,8 @@ nonisolated extension Prism_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.height) }()
       case 5: try { try decoder.decodeSingularEnumField(value: &self.format) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.processUs) }()
+      case 7: try { try decoder.decodeSingularBytesField(value: &self.md5) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.sha256) }()
       default: break
       }
     }
@@ -1589,6 +1610,12 @@ nonisolated extension Prism_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.processUs != 0 {
       try visitor.visitSingularUInt64Field(value: self.processUs, fieldNumber: 6)
     }
+    if !self.md5.isEmpty {
+      try visitor.visitSingularBytesField(value: self.md5, fieldNumber: 7)
+    }
+    if !self.sha256.isEmpty {
+      try visitor.visitSingularBytesField(value: self.sha256, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1599,6 +1626,8 @@ nonisolated extension Prism_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.height != rhs.height {return false}
     if lhs.format != rhs.format {return false}
     if lhs.processUs != rhs.processUs {return false}
+    if lhs.md5 != rhs.md5 {return false}
+    if lhs.sha256 != rhs.sha256 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1655,7 +1684,7 @@ nonisolated extension Prism_V1_Complete: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Prism_V1_SourceInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SourceInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}width\0\u{1}height\0\u{1}format\0\u{1}pages\0\u{1}alpha\0\u{1}placeholder\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}width\0\u{1}height\0\u{1}format\0\u{1}pages\0\u{1}alpha\0\u{1}placeholder\0\u{1}sha256\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1669,6 +1698,7 @@ nonisolated extension Prism_V1_SourceInfo: SwiftProtobuf.Message, SwiftProtobuf.
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.pages) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.alpha) }()
       case 6: try { try decoder.decodeSingularMessageField(value: &self._placeholder) }()
+      case 7: try { try decoder.decodeSingularBytesField(value: &self.sha256) }()
       default: break
       }
     }
@@ -1697,6 +1727,9 @@ nonisolated extension Prism_V1_SourceInfo: SwiftProtobuf.Message, SwiftProtobuf.
     try { if let v = self._placeholder {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
     } }()
+    if !self.sha256.isEmpty {
+      try visitor.visitSingularBytesField(value: self.sha256, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1707,6 +1740,7 @@ nonisolated extension Prism_V1_SourceInfo: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.pages != rhs.pages {return false}
     if lhs.alpha != rhs.alpha {return false}
     if lhs._placeholder != rhs._placeholder {return false}
+    if lhs.sha256 != rhs.sha256 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -22,10 +22,11 @@ extension LocalDiskStore {
 
     /// A stored regular file's size, modification time and entity tag; nil when there is none.
     ///
-    /// The entity tag comes from the extended attribute `put` wrote. Files without it (written
-    /// before it existed, or on a file system without user attributes such as older tmpfs) are
-    /// hashed once; the result is kept in memory for as long as the file's size and time stay
-    /// the same, so a file is hashed once per process, not once per request.
+    /// The entity tag comes from the extended attribute `put` wrote. Files without it (originals,
+    /// which `put` leaves unhashed; files on a file system without user attributes such as older
+    /// tmpfs) are hashed on first use and the tag is written to the attribute; it is also kept
+    /// in memory for as long as the file's size and time stay the same, so a file is hashed once,
+    /// not once per request.
     public func fileInfo(key: String) async throws(StorageError) -> FileInfo? {
         guard let url = self.fileURL(for: key) else { return nil }
         let cache = self.etagCache
@@ -40,6 +41,7 @@ extension LocalDiskStore {
             }
             guard let data = try? Data(contentsOf: url, options: .alwaysMapped) else { return nil }
             let etag = "\"\(Digest.md5Hex(data))\""
+            Self.setStoredETag(etag, path: url.path)
             cache.set(url.path, stamp, etag)
             return FileInfo(path: url.path, size: size, modified: modified, etag: etag)
         }
@@ -49,6 +51,13 @@ extension LocalDiskStore {
     static func setStoredETag(_ etag: String, path: String) {
         #if os(Linux)
         _ = etag.withCString { value in linuxSetxattr(path, Self.etagAttribute, value, strlen(value), 0) }
+        #endif
+    }
+
+    /// `setStoredETag` on an open file (`put`, before the file has its name).
+    static func setStoredETag(_ etag: String, descriptor: Int32) {
+        #if os(Linux)
+        _ = etag.withCString { value in linuxFsetxattr(descriptor, Self.etagAttribute, value, strlen(value), 0) }
         #endif
     }
 
@@ -98,6 +107,8 @@ final class ETagCache: Sendable {
 // sys/xattr.h is not part of Swift's Glibc module.
 @_silgen_name("setxattr")
 private func linuxSetxattr(_ path: UnsafePointer<CChar>, _ name: UnsafePointer<CChar>, _ value: UnsafeRawPointer, _ size: Int, _ flags: Int32) -> Int32
+@_silgen_name("fsetxattr")
+private func linuxFsetxattr(_ fd: Int32, _ name: UnsafePointer<CChar>, _ value: UnsafeRawPointer, _ size: Int, _ flags: Int32) -> Int32
 @_silgen_name("getxattr")
 private func linuxGetxattr(_ path: UnsafePointer<CChar>, _ name: UnsafePointer<CChar>, _ value: UnsafeMutableRawPointer, _ size: Int) -> Int
 #endif

@@ -4,8 +4,9 @@ public import Foundation
 /// `images/0193.../thumb.jpg`; implementations must treat them as opaque.
 public protocol ObjectStore: Sendable {
     /// Stores `body` under `key`, replacing what was there.
-    /// - Returns: the stored object's entity tag, as the store reports it.
-    func put(key: String, body: Data, contentType: String, cacheControl: String) async throws(StorageError) -> String
+    /// - Returns: the stored object's entity tag, as the store reports it; empty when
+    ///   `options.entityTag` is false and the store would have had to compute it.
+    func put(key: String, body: Data, contentType: String, cacheControl: String, options: PutOptions) async throws(StorageError) -> String
 
     /// The object's bytes, or nil when there is none.
     func get(key: String) async throws(StorageError) -> Data?
@@ -22,6 +23,10 @@ public protocol ObjectStore: Sendable {
 
     /// The URL a client fetches the object from.
     func url(for key: String) -> String
+
+    /// Whether `put` needs the body's SHA-256 (S3 signs requests with it): a caller that would
+    /// learn it only later should compute it now and pass it, rather than have it computed twice.
+    var signsContent: Bool { get }
 }
 
 /// The deadline of the work the calling task is part of (an upload): remote stores end their
@@ -31,7 +36,34 @@ public enum StorageDeadline {
     @TaskLocal public static var current: ContinuousClock.Instant?
 }
 
+/// What a caller of `put` already knows of the body, and what it needs back. Hashing is most of
+/// what storing costs the gateway's CPU: these let it hash each body at most once, or never
+/// when a processor sent the digests with the bytes.
+public struct PutOptions: Sendable {
+    /// The body's MD5 (16 bytes), when the caller has it: the local store's ETag without
+    /// hashing; S3 gets it as Content-MD5 and refuses the body if it does not match.
+    public var md5: Data?
+    /// The body's SHA-256 (32 bytes), when the caller has it (S3 requests are signed with it).
+    public var sha256: Data?
+    /// Whether the caller needs the entity tag now. The local store otherwise leaves the MD5 to
+    /// the first request that serves the file (originals are rarely served).
+    public var entityTag: Bool
+
+    public init(md5: Data? = nil, sha256: Data? = nil, entityTag: Bool = true) {
+        self.md5 = md5?.count == 16 ? md5 : nil
+        self.sha256 = sha256?.count == 32 ? sha256 : nil
+        self.entityTag = entityTag
+    }
+}
+
 extension ObjectStore {
+    public var signsContent: Bool { false }
+
+    /// Stores `body` under `key` and returns its entity tag.
+    public func put(key: String, body: Data, contentType: String, cacheControl: String) async throws(StorageError) -> String {
+        try await self.put(key: key, body: body, contentType: contentType, cacheControl: cacheControl, options: PutOptions())
+    }
+
     public func listAll(prefix: String) async throws(StorageError) -> [String] {
         try await self.list(prefix: prefix)
     }

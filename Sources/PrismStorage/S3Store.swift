@@ -41,6 +41,8 @@ public struct S3Configuration: Sendable {
 
 /// Objects in an S3 bucket, over libcurl with its built-in AWS Signature V4.
 public final class S3Store: ObjectStore {
+    public var signsContent: Bool { true }
+
     let config: S3Configuration
     let curl: CurlDriver
     private let base: URLComponents
@@ -79,11 +81,11 @@ public final class S3Store: ObjectStore {
         return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
     }
 
-    private func send(_ method: String, _ url: String, body: Data? = nil, headers: [String] = []) async throws(StorageError) -> CurlDriver.Response {
+    private func send(_ method: String, _ url: String, body: Data? = nil, sha256: Data? = nil, headers: [String] = []) async throws(StorageError) -> CurlDriver.Response {
         let payload = body ?? Data()
         var all = headers
         // libcurl 7.88 signs with this header when it is present, and S3 requires it.
-        all.append("x-amz-content-sha256: \(Digest.sha256Hex(payload))")
+        all.append("x-amz-content-sha256: \(sha256.map { Digest.hex($0) } ?? Digest.sha256Hex(payload))")
         if let token = self.config.sessionToken { all.append("x-amz-security-token: \(token)") }
         var timeout = method == "GET" || method == "HEAD" ? self.config.readTimeout : self.config.requestTimeout
         if let deadline = StorageDeadline.current {
@@ -127,13 +129,13 @@ public final class S3Store: ObjectStore {
         }
     }
 
-    public func put(key: String, body: Data, contentType: String, cacheControl: String) async throws(StorageError) -> String {
-        let response = try await self.send("PUT", self.objectURL(key), body: body, headers: [
-            "Content-Type: \(contentType)",
-            "Cache-Control: \(cacheControl)",
-        ])
+    public func put(key: String, body: Data, contentType: String, cacheControl: String, options: PutOptions) async throws(StorageError) -> String {
+        var headers = ["Content-Type: \(contentType)", "Cache-Control: \(cacheControl)"]
+        // The processor's digest of what it encoded: S3 refuses a body that arrives different.
+        if let md5 = options.md5 { headers.append("Content-MD5: \(md5.base64EncodedString())") }
+        let response = try await self.send("PUT", self.objectURL(key), body: body, sha256: options.sha256, headers: headers)
         guard (200..<300).contains(response.status) else { throw self.failure("store an object", response) }
-        return response.etag ?? "\"\(Digest.md5Hex(body))\""
+        return response.etag ?? options.md5.map { "\"\(Digest.hex($0))\"" } ?? (options.entityTag ? "\"\(Digest.md5Hex(body))\"" : "")
     }
 
     public func get(key: String) async throws(StorageError) -> Data? {

@@ -17,10 +17,11 @@ public enum PrismProtocol {
     public static let handshakeMaxFrameSize = 64 << 10
     /// The most bytes a Response frame's payload adds around its image data: call id, the
     /// Response field's tag and length, variant index, the data's tag and length, width,
-    /// height, format and processing time, each at its largest varint encoding, come to 63.
+    /// height, format, processing time and the MD5 and SHA-256 of the data, each at its largest
+    /// encoding, come to 115.
     /// A variant fits a peer's frames when its encoded size is at most the peer's
     /// `max_frame_size` minus this (`max_frame_size` already excludes the 4-byte prefix).
-    public static let maxResponseOverhead = 64
+    public static let maxResponseOverhead = 128
     /// The longest `VariantSpec.name`, in bytes.
     public static let maxVariantNameBytes = 64
 }

@@ -138,6 +138,9 @@ struct GatewayOptions: ParsableArguments {
     @Option(help: "Directory for local storage. (env PRISM_DATA_DIR; default ./data)")
     var dataDir: String?
 
+    @Flag(help: "Local storage: flush every file to the device before answering (fsync), so a stored upload survives a power loss; costs a device write per object. (env PRISM_LOCAL_FSYNC=true)")
+    var localFsync = false
+
     @Option(help: "What manifest URLs start with, e.g. https://cdn.example.com. (env PRISM_PUBLIC_BASE_URL; default: the gateway's /files for local, the S3 URL for s3)")
     var publicBaseUrl: String?
 
@@ -268,6 +271,7 @@ struct GatewayOptions: ParsableArguments {
         let publicBase = try settings.optional(self.publicBaseUrl, env: "PRISM_PUBLIC_BASE_URL")
         // Read whatever the storage: an image may set it for local use while S3 is configured.
         let directory = try settings.value(self.dataDir, env: "PRISM_DATA_DIR", default: "./data")
+        config.localFsync = try settings.flag(self.localFsync, env: "PRISM_LOCAL_FSYNC")
         switch try settings.value(self.storage, env: "PRISM_STORAGE", default: "local").lowercased() {
         case "local":
             config.storage = .local(directory: directory, publicBaseURL: publicBase)

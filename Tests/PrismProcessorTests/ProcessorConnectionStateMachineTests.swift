@@ -396,7 +396,7 @@ struct ProcessorConnectionStateMachineTests {
     }
 
     @Test("each call's image budget is the client's max_frame_size minus the Response overhead", arguments: [
-        (UInt32(4096), 4096 - 64), (UInt32(65_536), 65_536 - 64), (UInt32(0), (64 << 20) - 64),
+        (UInt32(4096), 4096 - 128), (UInt32(65_536), 65_536 - 128), (UInt32(0), (64 << 20) - 128),
     ] as [(UInt32, Int)])
     func imageBudget(announced: UInt32, budget: Int) {
         var machine = Machine(configuration: testConfiguration())

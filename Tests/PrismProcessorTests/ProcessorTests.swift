@@ -2,6 +2,7 @@ import Foundation
 import PrismClient
 import PrismProcessor
 import PrismProto
+import PrismStorage
 import PrismTestSupport
 import PrismWire
 import Testing
@@ -55,6 +56,28 @@ struct ProcessorTests {
                 #expect(Set(arrived.names) == ["thumb", "small", "large"], "each variant was delivered as it arrived")
                 #expect(try DecodedImage(result.variants[2].data).loader == "VipsForeignLoadHeifBuffer")
                 #expect(result.complete.decodeUs > 0)
+                // Each variant comes with its digests (the gateway stores it without hashing).
+                for variant in result.variants {
+                    #expect(variant.md5 == Digest.md5(variant.data), "\(variant.name)")
+                    #expect(variant.sha256 == Digest.sha256(variant.data), "\(variant.name)")
+                }
+                #expect(result.sourceSHA256 == nil, "the source's SHA-256 only when asked")
+            }
+        }
+    }
+
+    @Test("a call asked for the source's SHA-256 gets it in Complete, with or without variants")
+    func sourceDigest() async throws {
+        let source = try TestImages.photo("Storm.jpg")
+        try await ProcessorFixture.run { fixture in
+            try await fixture.withConnection { connection in
+                for specs in [[variant("thumb", [resize(200, 200)])], []] {
+                    var request = ProcessRequest(source: source, variants: specs)
+                    request.sourceSHA256 = true
+                    let result = try await connection.process(request)
+                    #expect(result.sourceSHA256 == Digest.sha256(source))
+                    #expect(result.variants.count == specs.count)
+                }
             }
         }
     }

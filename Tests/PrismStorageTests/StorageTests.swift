@@ -3,6 +3,10 @@ import PrismStorage
 import ServiceLifecycle
 import Testing
 
+// sys/xattr.h is not part of Swift's Glibc module.
+@_silgen_name("getxattr")
+private func getxattr(_ path: UnsafePointer<CChar>, _ name: UnsafePointer<CChar>, _ value: UnsafeMutableRawPointer, _ size: Int) -> Int
+
 @Suite("Object stores")
 struct LocalDiskStoreTests {
     func makeStore() throws -> (LocalDiskStore, URL) {
@@ -27,6 +31,49 @@ struct LocalDiskStoreTests {
         #expect(try await store.list(prefix: "images/abc/").isEmpty)
         #expect(!FileManager.default.fileExists(atPath: root.appendingPathComponent("images/abc").path))
         #expect(FileManager.default.fileExists(atPath: root.appendingPathComponent("images/abd/other.jpg").path))
+    }
+
+    @Test("local disk: an ETag given is kept, one not asked for is computed and kept on first serve")
+    func entityTags() async throws {
+        let (store, root) = try self.makeStore()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let body = Data("a variant's bytes".utf8)
+        let md5 = Data((0..<16).map { UInt8($0) })
+        // The processor's digest is taken as is: the store does not read the body to hash it.
+        let given = try await store.put(key: "images/e1/thumb.jpg", body: body, contentType: "image/jpeg", cacheControl: "x", options: PutOptions(md5: md5))
+        #expect(given == "\"000102030405060708090a0b0c0d0e0f\"")
+        #expect(try await store.fileInfo(key: "images/e1/thumb.jpg")?.etag == given, "served with the ETag the manifest has")
+
+        // An original: no hash at upload; the first serve computes the MD5 and keeps it.
+        let original = Data((0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 13) })
+        let none = try await store.put(key: "images/e1/original.jpg", body: original, contentType: "image/jpeg", cacheControl: "x", options: PutOptions(entityTag: false))
+        #expect(none == "")
+        let path = root.appendingPathComponent("images/e1/original.jpg").path
+        #expect(Self.xattr(path) == nil, "nothing stored until it is served")
+        let served = try await store.fileInfo(key: "images/e1/original.jpg")?.etag
+        #expect(served == "\"\(Digest.md5Hex(original))\"")
+        #expect(Self.xattr(path) == served, "kept with the file: computed once, not once per process")
+        #expect(try await store.get(key: "images/e1/original.jpg") == original)
+    }
+
+    @Test("local disk: durable writes (fsync) store the same files, and a first object makes its directories")
+    func durableWrites() async throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("prism-store-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let store = try LocalDiskStore(root: root, publicBaseURL: "http://localhost/files", durable: true)
+        #expect(store.durable)
+        let body = Data("durable".utf8)
+        let etag = try await store.put(key: "a/b/c/d.jpg", body: body, contentType: "image/jpeg", cacheControl: "x")
+        #expect(etag == "\"\(Digest.md5Hex(body))\"")
+        #expect(try await store.get(key: "a/b/c/d.jpg") == body)
+        // No temporary file is left beside it.
+        #expect(try await store.listAll(prefix: "a/b/c/") == ["a/b/c/d.jpg"])
+    }
+
+    static func xattr(_ path: String) -> String? {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = buffer.withUnsafeMutableBytes { getxattr(path, "user.prism.etag", $0.baseAddress!, $0.count) }
+        return count > 0 ? String(decoding: buffer[0..<count], as: UTF8.self) : nil
     }
 
     @Test("local disk: keys cannot leave the root")
@@ -105,6 +152,21 @@ struct S3StoreTests {
                 #expect(error?.detail == "HTTP 403 \(code)", "\(String(describing: error))")
             }
             #expect(try await store.get(key: "images/x3/a.jpg") == nil, "nothing was written with the wrong keys")
+
+            // The processor's digests travel with the bytes: S3 checks Content-MD5 against what
+            // it received, and the signature covers the SHA-256 given.
+            let variant = Data((0..<50_000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+            let digests = PutOptions(md5: Digest.md5(variant), sha256: Digest.sha256(variant))
+            let stored = try await store.put(key: "images/x4/small.webp", body: variant, contentType: "image/webp", cacheControl: "x", options: digests)
+            #expect(stored == "\"\(Digest.md5Hex(variant))\"")
+            var changed = variant
+            changed[100] ^= 0xFF
+            let corrupt = PutOptions(md5: Digest.md5(variant), sha256: Digest.sha256(changed))
+            let error = await #expect(throws: StorageError.self) {
+                _ = try await store.put(key: "images/x4/corrupt.webp", body: changed, contentType: "image/webp", cacheControl: "x", options: corrupt)
+            }
+            #expect(error?.detail.hasPrefix("HTTP 400") == true, "refused by S3: \(String(describing: error))")
+            #expect(try await store.get(key: "images/x4/corrupt.webp") == nil, "bytes that changed on the way are not stored")
         }
     }
 }

@@ -88,6 +88,8 @@ struct HandshakeLimitTests {
         response.height = .max
         response.format = .heic
         response.processUs = .max
+        response.md5 = Data(repeating: 2, count: 16)
+        response.sha256 = Data(repeating: 3, count: 32)
         let frame = Prism_V1_Frame.response(callID: .max, response)
         let payload = try frame.encoded().readableBytes - PrismProtocol.lengthPrefixSize
         #expect(payload - response.data.count <= PrismProtocol.maxResponseOverhead)

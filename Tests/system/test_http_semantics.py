@@ -2,6 +2,7 @@
 manifest's ETag, 304s, ranges), checked with curl as a user would, and CORS preflights."""
 import email.utils
 import hashlib
+import os
 import subprocess
 import time
 import uuid
@@ -79,6 +80,31 @@ def test_the_original_and_the_manifest_are_served_with_their_own_types(origin):
     assert status == 200
     assert headers["content-type"] == "application/json" and headers["cache-control"] == "no-cache"
     assert headers["etag"] == f'"{hashlib.md5(data).hexdigest()}"'
+
+
+def test_digests_come_with_the_bytes_and_originals_are_hashed_when_first_served(services):
+    # --local-fsync: the durable write path stores the same files.
+    processor = services.processor()
+    gateway = services.gateway([processor], "--local-fsync")
+    gateway.wait_processors(1)
+    source = photo("Storm.jpg").read_bytes()
+    response = gateway.upload(photo("Storm.jpg"))
+    assert response.status_code == 201, response.text
+    manifest = response.json()
+    # The processor hashed the source (the gateway did not read it to hash it).
+    assert manifest["original"]["sha256"] == hashlib.sha256(source).hexdigest()
+    for variant in manifest["variants"]:
+        stored = gateway.data_dir / variant["key"]
+        # The processor's MD5 of what it encoded is the stored file's ETag.
+        assert variant["etag"] == f'"{hashlib.md5(stored.read_bytes()).hexdigest()}"'
+        assert os.getxattr(stored, "user.prism.etag").decode() == variant["etag"]
+    original = gateway.data_dir / manifest["original"]["key"]
+    assert original.read_bytes() == source
+    assert "user.prism.etag" not in os.listxattr(original), "not hashed at upload: its ETag is in no manifest"
+    status, headers, _ = curl("-I", manifest["original"]["url"])
+    assert status == 200 and headers["etag"] == f'"{hashlib.md5(source).hexdigest()}"'
+    assert os.getxattr(original, "user.prism.etag").decode() == headers["etag"], "kept once computed"
+    assert not [p for p in original.parent.iterdir() if p.name.startswith(".")], "no temporary left"
 
 
 def test_conditional_requests_answer_304(origin):
