@@ -45,6 +45,8 @@ public final class Gateway: Sendable {
     let bodyBudget: ByteBudget
     /// Where bodies go when `bodyBudget` is full.
     let spool: BodySpool
+    /// Memory of finished bodies, reused by the next uploads.
+    let bodyBuffers = BodyBufferPool()
 
     /// - Parameter recipes: the recipes, when already loaded; otherwise read from the
     ///   configuration's recipe file.
@@ -230,8 +232,10 @@ public final class Gateway: Sendable {
         defer { lease.release() }
         let (source, spooled) = try await UploadBody.read(
             request, limit: self.configuration.maxUploadBytes, lease: lease, spool: self.spool,
-            memoryWait: self.configuration.uploadTimeout, logger: context.logger
+            memoryWait: self.configuration.uploadTimeout, pool: self.bodyBuffers, logger: context.logger
         )
+        // Once the upload is over, by whatever way, its buffer serves the next one.
+        defer { self.bodyBuffers.give(source) }
         if spooled { self.metrics.uploadsSpooled.increment() }
         self.metrics.stage("receive", clock.now - receiving)
         var ticket: IdempotencyStore.Ticket?

@@ -13,10 +13,10 @@ enum UploadBody {
     /// spooled.
     static func read(
         _ request: Request, limit: Int, lease: ByteBudget.Lease, spool: BodySpool,
-        memoryWait: Duration, logger: Logger
+        memoryWait: Duration, pool: BodyBufferPool? = nil, logger: Logger
     ) async throws -> (body: ByteBuffer, spooled: Bool) {
         let announced = request.headers[.contentLength].flatMap { Int($0) }
-        let sink = BodySink(limit: limit, lease: lease, spool: spool, expected: announced)
+        let sink = BodySink(limit: limit, lease: lease, spool: spool, expected: announced, pool: pool)
         defer { sink.discard() }
         do {
             try await self.readBody(request, limit: limit, into: sink)
