@@ -49,6 +49,8 @@ let package = Package(
         ),
 
         // Generated from Protos/ by scripts/gen-protos.sh; never edited by hand.
+        // One malloc arena for the processor, set by a constructor before any thread starts.
+        .target(name: "CMallocArena"),
         .target(
             name: "PrismProto",
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
@@ -178,6 +180,7 @@ let package = Package(
         .executableTarget(
             name: "prism-processor",
             dependencies: [
+                "CMallocArena",
                 "PrismProcessor",
                 "PrismTLS",
                 "PrismRuntime",

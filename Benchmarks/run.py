@@ -119,10 +119,16 @@ def proc_peak_rss(pid):
 
 
 class Proc:
-    def __init__(self, args, env=None, log=None, ready=None):
+    def __init__(self, args, env=None, log=None, ready=None, arena_max="2"):
+        """arena_max: MALLOC_ARENA_MAX for the process; None leaves it unset (prism-processor
+        sets one arena itself, and the variable would override it)."""
         self.log = open(log or os.devnull, "wb")
-        self.p = subprocess.Popen([str(a) for a in args], stdout=self.log, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "MALLOC_ARENA_MAX": "2", **(env or {})})
+        environment = {**os.environ, **(env or {})}
+        if arena_max is None:
+            environment.pop("MALLOC_ARENA_MAX", None)
+        else:
+            environment.setdefault("MALLOC_ARENA_MAX", arena_max)
+        self.p = subprocess.Popen([str(a) for a in args], stdout=self.log, stderr=subprocess.STDOUT, env=environment)
         if ready:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -185,7 +191,7 @@ def run_bench(binary, mode, images, in_flight, rounds, extra=()):
 def start_processor(bins, logs, name, *flags):
     port, status = free_port(), free_port()
     proc = Proc([bins / "prism-processor", "--port", port, "--status-port", status, *flags],
-                log=logs / f"{name}.log", ready=f"http://127.0.0.1:{status}/readyz")
+                log=logs / f"{name}.log", ready=f"http://127.0.0.1:{status}/readyz", arena_max=None)
     proc.port, proc.status = port, status
     return proc
 

@@ -51,9 +51,9 @@ trap stop INT TERM EXIT
 # Both processors share this machine's cores: half the cores each, so workers match cores.
 WORKERS=$(( $(nproc) / 2 )); (( WORKERS >= 1 )) || WORKERS=1
 # glibc's per-thread malloc arenas fragment under libvips' threads; two keep RSS flat.
-MALLOC_ARENA_MAX=2 "$BIN/prism-processor" --port "$P1" --status-port "$S1" --workers "$WORKERS" >"$LOGS/processor-1.log" 2>&1 &
+"$BIN/prism-processor" --port "$P1" --status-port "$S1" --workers "$WORKERS" >"$LOGS/processor-1.log" 2>&1 &
 pids+=($!)
-MALLOC_ARENA_MAX=2 "$BIN/prism-processor" --port "$P2" --status-port "$S2" --workers "$WORKERS" >"$LOGS/processor-2.log" 2>&1 &
+"$BIN/prism-processor" --port "$P2" --status-port "$S2" --workers "$WORKERS" >"$LOGS/processor-2.log" 2>&1 &
 pids+=($!)
 "$BIN/prism-gateway" --port "$GATEWAY_PORT" --processors "127.0.0.1:$P1,127.0.0.1:$P2" \
   --data-dir "$DATA" >"$LOGS/gateway.log" 2>&1 &

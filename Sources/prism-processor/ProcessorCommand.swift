@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMallocArena
 import Foundation
 import Logging
 import PrismImaging
@@ -162,6 +163,8 @@ struct ProcessorCommand: AsyncParsableCommand {
             ("handshake_timeout", "\(config.handshakeTimeout)"),
             ("default_timeout", "\(config.defaultTimeout)"), ("max_timeout", "\(config.maxTimeout)"),
             ("drain_timeout", "\(config.drainTimeout)"),
+            // Set before any thread started (Sources/CMallocArena), unless the environment chose.
+            ("malloc_arenas", prism_malloc_arena_max() == 1 ? "1" : "from the environment"),
         ]
         if StartupCheck.finish(settings, checkOnly: self.checkConfig, summary: summary, logger: logger) { return }
         let server = try ProcessorServer(configuration: config, logger: logger)
