@@ -116,7 +116,18 @@ public final class LocalDiskStore: ObjectStore {
     static func makeDirectory(_ directory: String) throws {
         if mkdir(directory, 0o777) == 0 || errno == EEXIST { return }
         guard errno == ENOENT else { throw Self.failure("create directory", directory) }
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // A parent is missing: make it, then this one. A delete elsewhere may remove an empty
+        // parent in between (see `delete`), so try again a few times.
+        guard let slash = directory.lastIndex(of: "/"), slash != directory.startIndex else {
+            throw Self.failure("create directory", directory)
+        }
+        let parent = String(directory[..<slash])
+        for _ in 0..<4 {
+            try Self.makeDirectory(parent)
+            if mkdir(directory, 0o777) == 0 || errno == EEXIST { return }
+            guard errno == ENOENT else { break }
+        }
+        throw Self.failure("create directory", directory)
     }
 
     static func writeAll(_ body: Data, to fd: Int32, path: String) throws {
@@ -164,10 +175,12 @@ public final class LocalDiskStore: ObjectStore {
                 }
                 directories.insert(url.deletingLastPathComponent())
             }
-            // Remove directories left empty, up to the root.
+            // Remove directories left empty, up to but not including the top level (`images/`,
+            // `idempotency/`): a concurrent upload may be about to create its directory in it,
+            // and removing the parent under it failed that upload (seen once in 1000 in a soak).
             for directory in directories {
                 var current = directory.standardizedFileURL
-                while current.path.hasPrefix(root.path + "/"), rmdir(current.path) == 0 {
+                while current.deletingLastPathComponent().standardizedFileURL.path.hasPrefix(root.path + "/"), rmdir(current.path) == 0 {
                     current = current.deletingLastPathComponent().standardizedFileURL
                 }
             }

@@ -70,6 +70,36 @@ struct LocalDiskStoreTests {
         #expect(try await store.listAll(prefix: "a/b/c/") == ["a/b/c/d.jpg"])
     }
 
+    @Test("local disk: deleting one upload never removes the directory another is being written into")
+    func deleteRacesNoPut() async throws {
+        let (store, root) = try self.makeStore()
+        defer { try? FileManager.default.removeItem(at: root) }
+        // Each round deletes the last round's uploads (leaving `images/` empty) while the next
+        // ones write their first objects: before, a delete could remove `images/` between a
+        // writer's two mkdirs, and the write failed (once in about 1000 uploads in a soak).
+        let body = Data("x".utf8)
+        let width = 4
+        for j in 0..<width {
+            _ = try await store.put(key: "images/r0-\(j)/a.jpg", body: body, contentType: "image/jpeg", cacheControl: "x")
+        }
+        for round in 1...400 {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for j in 0..<width {
+                    group.addTask { try await store.delete(keys: ["images/r\(round - 1)-\(j)/a.jpg"]) }
+                    group.addTask { _ = try await store.put(key: "images/r\(round)-\(j)/a.jpg", body: body, contentType: "image/jpeg", cacheControl: "x") }
+                }
+                try await group.waitForAll()
+            }
+        }
+        #expect(try await store.list(prefix: "images/").count == width)
+        #expect(!FileManager.default.fileExists(atPath: root.appendingPathComponent("images/r399-0").path), "emptied upload directories still go")
+        // What makes it safe: the top-level directory stays when its last upload goes.
+        try await store.delete(keys: (0..<width).map { "images/r400-\($0)/a.jpg" })
+        #expect(try await store.list(prefix: "images/").isEmpty)
+        var isDirectory: ObjCBool = false
+        #expect(FileManager.default.fileExists(atPath: root.appendingPathComponent("images").path, isDirectory: &isDirectory) && isDirectory.boolValue)
+    }
+
     static func xattr(_ path: String) -> String? {
         var buffer = [UInt8](repeating: 0, count: 64)
         let count = buffer.withUnsafeMutableBytes { getxattr(path, "user.prism.etag", $0.baseAddress!, $0.count) }
