@@ -244,8 +244,6 @@ class RSSSampler(threading.Thread):
 # ---- 1. bounded memory -------------------------------------------------------------------------
 
 def test_a_client_that_never_reads_costs_bounded_memory_and_others_are_still_served(services):
-    # A short drain: the flooding connection, no longer read, is not seen to close, and the
-    # processor's SIGTERM at teardown would wait the default 25 s for it.
     processor = services.processor("--workers", "2", "--queue", "4", "--max-pending-output-bytes", "32m",
                                    "--drain-timeout", "2s")
     baseline = rss_mb(processor.pid)
@@ -294,6 +292,8 @@ def test_a_client_that_never_reads_costs_bounded_memory_and_others_are_still_ser
         waits.append(time.monotonic() - start)
         time.sleep(0.2)
     peak = sampler.stop()
+    # shutdown first: the flood thread blocked in sendall keeps the socket alive after close().
+    greedy.sock.shutdown(socket.SHUT_RDWR)
     greedy.close()
     polite.close()
     print(f"\nRSS baseline {baseline:.0f} MB, peak {peak:.0f} MB while a client sent {sent[0]} requests and read"
@@ -633,3 +633,60 @@ def test_no_call_is_admitted_after_goaway(services):
             assert (f.code, f.reason) == (UNAVAILABLE, SHUTTING_DOWN), f
     assert all(cid in endings for cid in range(2, last + 1))
     assert sum(1 for c in endings if c > last) >= 20
+
+
+def test_a_client_that_stopped_reading_and_hung_up_frees_its_connection_and_slots(services):
+    # Reads of a connection are paused while its unsent answers are over the bound; the hang-up
+    # must still be seen (else its calls, queue places and memory stay until the drain).
+    processor = services.processor("--workers", "1", "--queue", "4", "--max-pending-output-bytes", "8m",
+                                   "--drain-timeout", "2s")
+    source = photo("Garden.jpg").read_bytes()
+    big = variant("big", fmt=PNG, effort=1)
+    greedy = Conn(processor)
+    greedy.open()
+    greedy.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sent = [0]
+
+    def flood():
+        call_id = 0
+        try:
+            while True:
+                call_id += 1
+                greedy.send(request(call_id, source, big))
+                sent[0] = call_id
+        except OSError:
+            return
+
+    threading.Thread(target=flood, daemon=True).start()
+    # Until the processor stops reading: no request gets through for a while.
+    last, since = -1, time.monotonic()
+    deadline = time.monotonic() + 60
+    while time.monotonic() - since < 3:
+        assert time.monotonic() < deadline, "the processor never stopped reading the greedy client"
+        if sent[0] != last:
+            last, since = sent[0], time.monotonic()
+        time.sleep(0.1)
+    assert processor.metric("prism_processor_connections") == 1
+    hung_up = time.monotonic()
+    # As a client process that dies does: shutdown first, else the thread blocked in sendall
+    # keeps the socket alive after close().
+    greedy.sock.shutdown(socket.SHUT_RDWR)
+    greedy.close()
+    # Seen as closed by the hang-up itself, long before the 60 s call deadline.
+    wait_until = time.monotonic() + 60
+    while processor.metric("prism_processor_connections") != 0:
+        assert time.monotonic() < wait_until, "the hang-up was never noticed"
+        time.sleep(0.1)
+    noticed = time.monotonic() - hung_up
+    while processor.metric("prism_processor_jobs_running") + processor.metric("prism_processor_jobs_queued") != 0:
+        assert time.monotonic() < wait_until, "its jobs still hold the worker and the queue"
+        time.sleep(0.1)
+    print(f"\nhang-up noticed after {noticed:.2f} s ({sent[0]} requests sent, reads paused)")
+    # Noticed by the hang-up itself (0.1-0.2 s here), not when the queued work would have ended
+    # (about 27 s with these calls) nor at the call deadline (60 s).
+    assert noticed < 10
+    # And the processor serves the next client at once.
+    polite = Conn(processor)
+    polite.open()
+    polite.send(request(1, edge("grey.jpg").read_bytes(), variant("thumb", resize(64, 64))))
+    assert polite.until_end(1)[-1].kind == "complete"
