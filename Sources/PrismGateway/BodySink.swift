@@ -34,14 +34,15 @@ final class BodyBufferPool: Sendable {
         self.maxTotalBytes = maxTotalBytes
     }
 
-    /// An empty buffer with room for `capacity` bytes, if one is kept (the smallest that fits).
-    func take(capacity: Int) -> ByteBuffer? {
+    /// An empty buffer with room for `capacity` bytes and at most `largest` (its memory is
+    /// resident and the taker pays for all of it), if one is kept: the smallest that fits.
+    func take(capacity: Int, largest: Int = .max) -> ByteBuffer? {
         guard capacity <= self.maxBufferBytes else { return nil }
         // Bound to a `var` straight from the array, so this is the only reference and `clear`
         // keeps the memory (a second copy alive here would make it allocate anew).
         guard var buffer = self.buffers.withLock({ buffers -> ByteBuffer? in
             var best: Int? = nil
-            for (i, buffer) in buffers.enumerated() where buffer.capacity >= capacity {
+            for (i, buffer) in buffers.enumerated() where buffer.capacity >= capacity && buffer.capacity <= largest {
                 if best == nil || buffer.capacity < buffers[best!].capacity { best = i }
             }
             return best.map { buffers.remove(at: $0) }
@@ -88,6 +89,8 @@ final class BodySink {
     /// Chunks received for the spool file and not written yet (written in batches).
     private var pending: [ByteBuffer] = []
     private var pendingBytes = 0
+    /// Bytes of the lease already paid for a reused buffer's memory and not yet filled.
+    private var prepaid = 0
     private(set) var count = 0
 
     /// - Parameter expected: the announced length, when there is one: the memory buffer is
@@ -115,13 +118,9 @@ final class BodySink {
         guard self.count + bytes <= self.limit else { throw GatewayError.tooLarge(limit: self.limit) }
         self.count += bytes
         if self.file == nil {
-            if self.lease.tryGrow(by: bytes) {
+            if self.charge(bytes) {
                 if self.buffer.capacity == 0, let expected = self.expected, expected > bytes {
-                    if let reused = self.pool?.take(capacity: expected) {
-                        self.buffer = reused
-                    } else {
-                        self.buffer.reserveCapacity(expected)
-                    }
+                    self.prepareBuffer(expected: expected, first: bytes)
                 }
                 var chunk = chunk
                 self.buffer.writeBuffer(&chunk)
@@ -133,6 +132,34 @@ final class BodySink {
         self.pending.append(chunk)
         self.pendingBytes += bytes
         if self.pendingBytes >= 1 << 20 { try await self.flush() }
+    }
+
+    /// Counts `bytes` against the memory budget, from what a reused buffer prepaid first.
+    private func charge(_ bytes: Int) -> Bool {
+        if self.prepaid >= bytes {
+            self.prepaid -= bytes
+            return true
+        }
+        guard self.lease.tryGrow(by: bytes - self.prepaid) else { return false }
+        self.prepaid = 0
+        return true
+    }
+
+    /// Room for the announced body: a reused buffer when the budget can pay for all of its
+    /// memory now (its pages are resident, unlike fresh ones, which cost only as they fill, so
+    /// a client that announces much and sends little must not hold it unpaid), else a fresh
+    /// reservation.
+    private func prepareBuffer(expected: Int, first: Int) {
+        if let pool = self.pool, let reused = pool.take(capacity: expected, largest: max(4 * expected, BodyBufferPool.minimumBufferBytes)) {
+            let extra = reused.capacity - first
+            if self.lease.tryGrow(by: extra) {
+                self.buffer = reused
+                self.prepaid = extra
+                return
+            }
+            pool.give(reused)
+        }
+        self.buffer.reserveCapacity(expected)
     }
 
     /// The whole body in one buffer. A spooled body first waits, until `deadline`, for room in
@@ -163,6 +190,7 @@ final class BodySink {
             try await self.flush()
         }
         self.buffer = ByteBuffer()
+        self.prepaid = 0
         self.lease.release()
     }
 

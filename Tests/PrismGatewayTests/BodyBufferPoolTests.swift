@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 @testable import PrismGateway
 import Testing
@@ -39,6 +40,39 @@ struct BodyBufferPoolTests {
         next.writeRepeatingByte(9, count: 1 << 20)
         #expect(Self.address(next) != Self.address(stillQueued))
         #expect(stillQueued.getBytes(at: 0, length: 4) == [7, 7, 7, 7])
+    }
+
+    @Test("a reused buffer is paid for whole at once; without room in the budget a body gets fresh memory")
+    func reusedBufferIsPaidFor() async throws {
+        let spool = BodySpool(directory: NSTemporaryDirectory(), budget: ByteBudget(limit: 1 << 30))
+        let chunk = ByteBuffer(repeating: 1, count: 1000)
+
+        // Its pages are resident: a client that announces 6 MiB and sends 1000 bytes holds
+        // all of the buffer's memory, so the budget counts all of it.
+        let pool = BodyBufferPool()
+        pool.give(Self.body(8 << 20))
+        let budget = ByteBudget(limit: 64 << 20)
+        let sink = BodySink(limit: 16 << 20, lease: budget.lease(), spool: spool, expected: 6 << 20, pool: pool)
+        try await sink.append(chunk)
+        #expect(pool.count == 0, "taken")
+        #expect(budget.inUse == 8 << 20)
+        // What arrives next was paid for already.
+        try await sink.append(chunk)
+        #expect(budget.inUse == 8 << 20)
+
+        // A budget without room for it: fresh memory (paid as it fills), the pool keeps its buffer.
+        let tight = ByteBudget(limit: 4 << 20)
+        let pool2 = BodyBufferPool()
+        pool2.give(Self.body(8 << 20))
+        let sink2 = BodySink(limit: 16 << 20, lease: tight.lease(), spool: spool, expected: 3 << 20, pool: pool2)
+        try await sink2.append(chunk)
+        #expect(pool2.count == 1)
+        #expect(tight.inUse == 1000)
+
+        // A body much smaller than the kept buffer does not take it (it would pay for all of it).
+        let sink3 = BodySink(limit: 16 << 20, lease: ByteBudget(limit: 64 << 20).lease(), spool: spool, expected: 200_000, pool: pool2)
+        try await sink3.append(chunk)
+        #expect(pool2.count == 1)
     }
 
     @Test("bounded: small and huge bodies are not kept, nor more than the total")
