@@ -28,6 +28,9 @@ public struct ProcessRequest: Sendable {
     /// Ask for the source's SHA-256 (`ProcessResult.sourceSHA256`), so the caller need not read
     /// the source to hash it.
     public var sourceSHA256 = false
+    /// Ask for each variant's MD5 and SHA-256 (`VariantResult.md5`, `.sha256`), for a caller
+    /// that stores the variants and would otherwise hash them.
+    public var digests = false
 
     public init(
         source: ByteBuffer,

@@ -300,6 +300,7 @@ public final class ProcessorConnection: Sendable {
         if let blurHash = request.blurHash { message.blurhash = blurHash }
         message.threads = UInt32(clamping: max(1, request.threads))
         message.sourceSha256 = request.sourceSHA256
+        message.digests = request.digests
         if let deadline = request.deadline {
             let remaining = ContinuousClock.now.duration(to: deadline)
             guard remaining > .milliseconds(1) else {

@@ -144,6 +144,8 @@ struct UploadCoordinator: Sendable {
                         request.sourceSHA256 = !hashesSourceHere
                     }
                     request.threads = call.threads
+                    // The variants' digests come with their bytes: stored without hashing them here.
+                    request.digests = true
                     let result = try await self.pool.process(request) { variant in
                         let key = Self.variantKey(id: id, spec: specs[variant.index])
                         written.add(key)

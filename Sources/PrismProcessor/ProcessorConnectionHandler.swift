@@ -36,7 +36,7 @@ final class ProcessorConnectionHandler: Sendable {
     }
 
     private enum CallEvent: Sendable {
-        case variant(EncodedVariant, ContentDigests)
+        case variant(EncodedVariant, ContentDigests?)
         case done(JobSummary, queued: Duration)
         case failed(ImagingError)
         case timedOut
@@ -222,6 +222,7 @@ final class ProcessorConnectionHandler: Sendable {
             helpers: self.server.helpers
         )
         let sourceSHA256 = request.sourceSha256
+        let digests = request.digests
         let source = request.source
         return WorkerPool.Job(isAbandoned: { cancellation.isStopped }) { queued in
             let clock = ContinuousClock()
@@ -229,12 +230,14 @@ final class ProcessorConnectionHandler: Sendable {
             let ending: CallEvent
             let outcome: String
             do throws(ImagingError) {
+                // The source's hash runs beside the decode, not after the last variant.
+                let sourceDigest = sourceSHA256 ? BackgroundSHA256(source) : nil
                 var summary = try job.run(cancellation: cancellation) { variant in
                     // Hashed here, on the worker, while the bytes are still in cache: the client
                     // then stores them without reading them again (S3 ETag and signature).
-                    events.yield(.variant(variant, ContentDigests(of: variant.data)))
+                    events.yield(.variant(variant, digests ? ContentDigests(of: variant.data) : nil))
                 }
-                if sourceSHA256 { summary.source.sha256 = ContentDigests.sha256(of: source) }
+                if let sourceDigest { summary.source.sha256 = sourceDigest.value() }
                 ending = .done(summary, queued: queued)
                 outcome = "ok"
             } catch {
@@ -288,8 +291,10 @@ final class ProcessorConnectionHandler: Sendable {
                     response.height = UInt32(variant.size.height)
                     response.format = variant.format
                     response.processUs = variant.duration.microseconds
-                    response.md5 = digests.md5
-                    response.sha256 = digests.sha256
+                    if let digests {
+                        response.md5 = digests.md5
+                        response.sha256 = digests.sha256
+                    }
                     self.send(.response(callID: callID, response))
                     metrics.variantDuration.recordNanoseconds(variant.duration.nanoseconds)
                     metrics.encodeDuration.recordNanoseconds(variant.encodeDuration.nanoseconds)

@@ -606,6 +606,10 @@ public nonisolated struct Prism_V1_Request: Sendable {
   /// source itself.
   public var sourceSha256: Bool = false
 
+  /// Also put the MD5 and SHA-256 of each variant's data in its Response (md5, sha256), for a
+  /// client that stores the variants and would otherwise hash them itself.
+  public var digests: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -650,9 +654,10 @@ public nonisolated struct Prism_V1_Response: Sendable {
   /// Time spent making this variant (operations and encoding), microseconds.
   public var processUs: UInt64 = 0
 
-  /// Digests of `data`: MD5 (16 bytes, the ETag S3 gives an object stored in one piece, and its
-  /// Content-MD5) and SHA-256 (32 bytes, what S3 requests are signed with). Empty from a server
-  /// that does not compute them; a client then hashes `data` itself.
+  /// Digests of `data`, when the Request asked for them (digests): MD5 (16 bytes, the ETag S3
+  /// gives an object stored in one piece, and its Content-MD5) and SHA-256 (32 bytes, what S3
+  /// requests are signed with). Empty from a server that does not compute them; a client then
+  /// hashes `data` itself, as it does for a digest of any other length.
   public var md5: Data = Data()
 
   public var sha256: Data = Data()
@@ -1466,7 +1471,7 @@ nonisolated extension Prism_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}variants\0\u{3}timeout_ms\0\u{3}request_id\0\u{1}placeholder\0\u{1}blurhash\0\u{1}threads\0\u{3}source_sha256\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}variants\0\u{3}timeout_ms\0\u{3}request_id\0\u{1}placeholder\0\u{1}blurhash\0\u{1}threads\0\u{3}source_sha256\0\u{1}digests\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1482,6 +1487,7 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 6: try { try decoder.decodeSingularMessageField(value: &self._blurhash) }()
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.threads) }()
       case 8: try { try decoder.decodeSingularBoolField(value: &self.sourceSha256) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.digests) }()
       default: break
       }
     }
@@ -1516,6 +1522,9 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if self.sourceSha256 != false {
       try visitor.visitSingularBoolField(value: self.sourceSha256, fieldNumber: 8)
     }
+    if self.digests != false {
+      try visitor.visitSingularBoolField(value: self.digests, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1528,6 +1537,7 @@ nonisolated extension Prism_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs._blurhash != rhs._blurhash {return false}
     if lhs.threads != rhs.threads {return false}
     if lhs.sourceSha256 != rhs.sourceSha256 {return false}
+    if lhs.digests != rhs.digests {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

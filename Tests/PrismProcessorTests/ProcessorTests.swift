@@ -46,11 +46,13 @@ struct ProcessorTests {
         try await ProcessorFixture.run { fixture in
             try await fixture.withConnection { connection in
                 let arrived = ArrivalLog()
-                let result = try await connection.process(ProcessRequest(source: source, variants: [
+                var request = ProcessRequest(source: source, variants: [
                     variant("thumb", [resize(200, 200)], format: .jpeg),
                     variant("small", [resize(640, 0, fit: .inside)], format: .webp),
                     variant("large", [resize(2048, 2048, fit: .inside)], format: .avif),
-                ])) { arrived.append($0.name) }
+                ])
+                request.digests = true
+                let result = try await connection.process(request) { arrived.append($0.name) }
                 #expect(result.variants.map(\.name) == ["thumb", "small", "large"])
                 #expect(result.variants.map(\.width) == [200, 640, 2048])
                 #expect(Set(arrived.names) == ["thumb", "small", "large"], "each variant was delivered as it arrived")
@@ -62,6 +64,9 @@ struct ProcessorTests {
                     #expect(variant.sha256 == Digest.sha256(variant.data), "\(variant.name)")
                 }
                 #expect(result.sourceSHA256 == nil, "the source's SHA-256 only when asked")
+                // And the variants' digests only when asked.
+                let plain = try await connection.process(ProcessRequest(source: source, variants: [variant("thumb", [resize(200, 200)])]))
+                #expect(plain.variants[0].md5 == nil && plain.variants[0].sha256 == nil)
             }
         }
     }
