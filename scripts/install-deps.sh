@@ -8,7 +8,8 @@
 #                                    chromium + chromium-driver and selenium (the upload page),
 #                                    schemathesis and openapi-spec-validator (the API document),
 #                                    kubernetes-validate (deploy/kubernetes against the API's
-#                                    schemas, offline; kubectl is used when present, not needed)
+#                                    schemas, offline; kubectl is used when present, not needed),
+#                                    strace (what the local store flushes, in which order)
 #   scripts/install-deps.sh --bench  also what `make bench` adds: the 5120x2880 wallpapers of
 #                                    plasma-workspace-wallpapers (90 MB, large progressive JPEG
 #                                    and PNG cases) and python3-venv for the peers' virtualenv
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 want=(libvips-dev libvips-tools libcurl4-openssl-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler pkg-config make gcc curl)
 mode=${1:-}
 if [[ $mode == --test || $mode == --bench ]]; then
-  want+=(libimage-exiftool-perl docker-compose python3-pip chromium chromium-driver)
+  want+=(libimage-exiftool-perl docker-compose python3-pip chromium chromium-driver strace)
 fi
 if [[ $mode == --bench ]]; then
   want+=(plasma-workspace-wallpapers python3-venv)

@@ -40,8 +40,9 @@ public struct GatewayConfiguration: Sendable {
     public var cacheControl: String = "public, max-age=31536000, immutable"
     public var storage: Storage = .local(directory: "./data", publicBaseURL: nil)
     /// Local storage flushes every object to the device before the upload is answered
-    /// (`fsync`); off, a power loss (not a crash) can lose the last seconds of uploads.
-    public var localFsync = false
+    /// (`fsync`), so an upload whose manifest is stored survives a power loss whole; off, a
+    /// power loss (not a crash) can leave recent uploads' files empty or missing.
+    public var localFsync = true
     public var processors = ProcessorPoolConfiguration()
     /// Origins whose pages may call the API from a browser; empty: no CORS headers at all.
     public var cors = CORSPolicy()

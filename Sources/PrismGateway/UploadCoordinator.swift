@@ -212,7 +212,7 @@ struct UploadCoordinator: Sendable {
         let manifestKey = Manifest.key(id: id)
         written.add(manifestKey)
         let committing = clock.now
-        _ = try await self.store.put(key: manifestKey, body: manifest.encoded(), contentType: "application/json", cacheControl: "no-cache", options: PutOptions(entityTag: false))
+        _ = try await self.store.put(key: manifestKey, body: manifest.encoded(), contentType: "application/json", cacheControl: "no-cache", options: PutOptions(entityTag: false, commit: true))
         committed.set(manifest)
         self.metrics.stage("manifest", clock.now - committing)
         // From here the image exists, whatever happens to the request (a client that leaves

@@ -7,11 +7,13 @@ import NIOPosix
 /// Writes go to a temporary file then `rename`, so a reader never sees half an object. Disk I/O
 /// runs on a small thread pool of its own, never on the event loops.
 ///
-/// Files are not flushed to the device unless `durable` is set: a process crash loses nothing
-/// (the kernel holds the data), a power loss can lose the last seconds of uploads, as with
-/// SeaweedFS or nginx's caches by default. With `durable`, each object and its directory entry
-/// are on the device before `put` returns, so an upload whose manifest is stored survives a
-/// power loss whole.
+/// With `durable` (the gateway's default), each object's data is on the device before it gets
+/// its name, and a commit object (`PutOptions.commit`, an upload's manifest) is written only
+/// after the names of the objects before it are durable, then made durable with its directory's
+/// entry in its parent: after a power loss an upload with a manifest has all of its files,
+/// whole. Without it a process crash still loses nothing (the kernel holds the data), but a
+/// power loss can leave recent files empty or missing, manifests included, as with SeaweedFS's
+/// or nginx's defaults.
 public final class LocalDiskStore: ObjectStore {
     public let root: URL
     /// `root` as a path, without a trailing slash.
@@ -78,6 +80,9 @@ public final class LocalDiskStore: ObjectStore {
             // Plain POSIX calls: Foundation's `Data.write` also flushes every file to the device,
             // which is `durable`'s choice to make, not every write's. The directory is made only
             // when missing (an upload's first object), not tried on every write.
+            // The names of the objects this one commits are durable before it exists (no
+            // directory yet: nothing written before it to commit).
+            if durable, options.commit { try Self.flushDirectory(directory, missingIsFine: true) }
             var fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
             if fd < 0, errno == ENOENT {
                 try Self.makeDirectory(directory)
@@ -86,7 +91,7 @@ public final class LocalDiskStore: ObjectStore {
             guard fd >= 0 else { throw Self.failure("open", temporary) }
             var etag = ""
             do {
-                defer { close(fd) }
+                defer { if fd >= 0 { close(fd) } }
                 try Self.writeAll(body, to: fd, path: temporary)
                 if let md5 = options.md5 {
                     etag = "\"\(Digest.hex(md5))\""
@@ -96,7 +101,11 @@ public final class LocalDiskStore: ObjectStore {
                     // Kept with the file, so serving it needs no hash of the content (see `fileInfo`).
                     Self.setStoredETag(etag, descriptor: fd)
                 }
-                if durable, fsync(fd) != 0 { throw Self.failure("flush", temporary) }
+                if durable, fdatasync(fd) != 0 { throw Self.failure("flush", temporary) }
+                // Errors of delayed writes (NFS, quotas) may show only here.
+                let closed = close(fd)
+                fd = -1
+                guard closed == 0 || errno == EINTR else { throw Self.failure("close", temporary) }
             } catch {
                 unlink(temporary)
                 throw error
@@ -106,7 +115,13 @@ public final class LocalDiskStore: ObjectStore {
                 unlink(temporary)
                 throw failure
             }
-            if durable { try Self.flushDirectory(directory) }
+            if durable, options.commit {
+                try Self.flushDirectory(directory)
+                // The upload's directory itself was new: its entry in the parent too.
+                if let slash = directory.lastIndex(of: "/"), slash != directory.startIndex {
+                    try Self.flushDirectory(String(directory[..<slash]))
+                }
+            }
             return etag
         }
     }
@@ -116,8 +131,9 @@ public final class LocalDiskStore: ObjectStore {
     static func makeDirectory(_ directory: String) throws {
         if mkdir(directory, 0o777) == 0 || errno == EEXIST { return }
         guard errno == ENOENT else { throw Self.failure("create directory", directory) }
-        // A parent is missing: make it, then this one. A delete elsewhere may remove an empty
-        // parent in between (see `delete`), so try again a few times.
+        // A parent is missing: make it, then this one. Deletes keep top-level directories (see
+        // `delete`), but something else (an operator's cleanup) may remove an empty parent in
+        // between, so try again a few times.
         guard let slash = directory.lastIndex(of: "/"), slash != directory.startIndex else {
             throw Self.failure("create directory", directory)
         }
@@ -145,8 +161,9 @@ public final class LocalDiskStore: ObjectStore {
     }
 
     /// Makes a rename in `path` survive a power loss.
-    static func flushDirectory(_ path: String) throws {
+    static func flushDirectory(_ path: String, missingIsFine: Bool = false) throws {
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd < 0, missingIsFine, errno == ENOENT { return }
         guard fd >= 0 else { throw Self.failure("open directory", path) }
         defer { close(fd) }
         guard fsync(fd) == 0 else { throw Self.failure("flush directory", path) }
@@ -154,7 +171,8 @@ public final class LocalDiskStore: ObjectStore {
 
     /// The client sees "could not save a file"; the log gets the call, the path and the reason.
     static func failure(_ call: String, _ path: String) -> StorageError {
-        StorageError("The image store could not save a file.", detail: "\(call) \(path): \(String(cString: strerror(errno)))")
+        let code = errno
+        return StorageError("The image store could not save a file.", detail: "\(call) \(path): \(String(cString: strerror(code)))")
     }
 
     public func get(key: String) async throws(StorageError) -> Data? {

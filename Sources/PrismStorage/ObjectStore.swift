@@ -48,11 +48,16 @@ public struct PutOptions: Sendable {
     /// Whether the caller needs the entity tag now. The local store otherwise leaves the MD5 to
     /// the first request that serves the file (originals are rarely served).
     public var entityTag: Bool
+    /// This object is the commit point of the objects written before it under the same prefix
+    /// (an upload's manifest): a store that flushes makes them and their names durable before
+    /// this one exists, so after a power loss either all of them are there or it is not.
+    public var commit: Bool
 
-    public init(md5: Data? = nil, sha256: Data? = nil, entityTag: Bool = true) {
+    public init(md5: Data? = nil, sha256: Data? = nil, entityTag: Bool = true, commit: Bool = false) {
         self.md5 = md5?.count == 16 ? md5 : nil
         self.sha256 = sha256?.count == 32 ? sha256 : nil
         self.entityTag = entityTag
+        self.commit = commit
     }
 }
 

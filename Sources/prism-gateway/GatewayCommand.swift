@@ -138,8 +138,8 @@ struct GatewayOptions: ParsableArguments {
     @Option(help: "Directory for local storage. (env PRISM_DATA_DIR; default ./data)")
     var dataDir: String?
 
-    @Flag(help: "Local storage: flush every file to the device before answering (fsync), so a stored upload survives a power loss; costs a device write per object. (env PRISM_LOCAL_FSYNC=true)")
-    var localFsync = false
+    @Option(help: ArgumentHelp("Local storage: flush every object to the device before the upload is answered (fsync), so a stored upload survives a power loss whole; false trades that for less CPU and latency per upload. (env PRISM_LOCAL_FSYNC; default true)", valueName: "true|false"))
+    var localFsync: Bool?
 
     @Option(help: "What manifest URLs start with, e.g. https://cdn.example.com. (env PRISM_PUBLIC_BASE_URL; default: the gateway's /files for local, the S3 URL for s3)")
     var publicBaseUrl: String?
@@ -271,7 +271,7 @@ struct GatewayOptions: ParsableArguments {
         let publicBase = try settings.optional(self.publicBaseUrl, env: "PRISM_PUBLIC_BASE_URL")
         // Read whatever the storage: an image may set it for local use while S3 is configured.
         let directory = try settings.value(self.dataDir, env: "PRISM_DATA_DIR", default: "./data")
-        config.localFsync = try settings.flag(self.localFsync, env: "PRISM_LOCAL_FSYNC")
+        config.localFsync = try settings.value(self.localFsync, env: "PRISM_LOCAL_FSYNC", default: config.localFsync)
         switch try settings.value(self.storage, env: "PRISM_STORAGE", default: "local").lowercased() {
         case "local":
             config.storage = .local(directory: directory, publicBaseURL: publicBase)
@@ -359,7 +359,9 @@ struct GatewayOptions: ParsableArguments {
             ("idempotency_retention", "\(config.idempotencyRetention)"),
         ]
         switch config.storage {
-        case .local(let directory, let base): summary.append(("storage", "local \(directory) \(base ?? "")"))
+        case .local(let directory, let base):
+            summary.append(("storage", "local \(directory) \(base ?? "")"))
+            summary.append(("local_fsync", config.localFsync ? "on (each object flushed before the answer)" : "off (a power loss can lose recent uploads)"))
         case .s3(let s3, let create):
             summary.append(("storage", "s3 \(s3.endpoint) bucket=\(s3.bucket) prefix=\(s3.keyPrefix) region=\(s3.region) path_style=\(s3.pathStyle) create_bucket=\(create)"))
         }

@@ -3,6 +3,8 @@ manifest's ETag, 304s, ranges), checked with curl as a user would, and CORS pref
 import email.utils
 import hashlib
 import os
+import re
+import signal
 import subprocess
 import time
 import uuid
@@ -83,9 +85,10 @@ def test_the_original_and_the_manifest_are_served_with_their_own_types(origin):
 
 
 def test_digests_come_with_the_bytes_and_originals_are_hashed_when_first_served(services):
-    # --local-fsync: the durable write path stores the same files.
+    # --local-fsync false: the write path without flushes stores the same files (the rest of
+    # the suite runs the default, durable one).
     processor = services.processor()
-    gateway = services.gateway([processor], "--local-fsync")
+    gateway = services.gateway([processor], "--local-fsync", "false")
     gateway.wait_processors(1)
     source = photo("Storm.jpg").read_bytes()
     response = gateway.upload(photo("Storm.jpg"))
@@ -317,3 +320,81 @@ def test_a_keep_alive_request_keeps_its_connection(origin):
             length = int(next(l.split(b":")[1] for l in head.lower().split(b"\r\n") if l.startswith(b"content-length")))
             while len(rest) < length:
                 rest += sock.recv(65536)
+
+
+def _trace(path):
+    """strace -f -ttt lines as (time, pid, call, args, result), unfinished calls joined."""
+    calls, pending = [], {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"(\d+) +([\d.]+) (.*)$", line)
+        if not m:
+            continue
+        pid, when, rest = int(m.group(1)), float(m.group(2)), m.group(3)
+        if rest.endswith("<unfinished ...>"):
+            pending[pid] = (when, rest[: -len("<unfinished ...>")].rstrip())
+            continue
+        resumed = re.match(r"<\.\.\. (\w+) resumed>(.*)$", rest)
+        if resumed and pid in pending:
+            when, head = pending.pop(pid)
+            rest = head + resumed.group(2)
+        call = re.match(r"(\w+)\((.*)\)\s+= (-?\d+)", rest)
+        if call:
+            calls.append((when, pid, call.group(1), call.group(2), int(call.group(3))))
+    return sorted(calls)
+
+
+def test_a_stored_upload_survives_a_power_loss_whole(services, tmp_path):
+    # What the default (--local-fsync true) must do, watched with strace: each file's data
+    # reaches the device before the file gets its name, the names of the upload's files reach
+    # it before the manifest exists, and the manifest with its directory after.
+    processor = services.processor()
+    gateway = services.gateway([processor])
+    gateway.wait_processors(1)
+    assert gateway.upload(photo("Dune.jpg")).status_code == 201  # warm: the images/ directory exists
+    trace = tmp_path / "trace"
+    tracer = subprocess.Popen(["strace", "-f", "-ttt", "-qq", "-e", "trace=openat,fdatasync,fsync,rename,close",
+                               "-o", str(trace), "-p", str(gateway.proc.pid)], stderr=subprocess.PIPE)
+    time.sleep(1.5)  # attached to every thread
+    response = gateway.upload(photo("Storm.jpg"))
+    assert response.status_code == 201, response.text
+    time.sleep(0.5)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(30)
+    manifest = response.json()
+    upload_dir = str(gateway.data_dir / "images" / manifest["id"])
+    calls = _trace(trace)
+    assert calls, "strace saw nothing: " + tracer.stderr.read().decode()
+
+    opened = {}  # (pid, fd) -> path, while open
+    flushed = {}  # path -> time of its fdatasync/fsync
+    renamed = {}  # final path -> (time, the temporary's flush time)
+    dir_flushes = []  # (time, directory)
+    for when, pid, name, args, result in calls:
+        if name == "openat" and result >= 0:
+            path = re.search(r'"([^"]*)"', args).group(1)
+            opened[result] = path
+        elif name in ("fdatasync", "fsync") and result == 0:
+            path = opened.get(int(args))
+            if path is None:
+                continue
+            if path in (upload_dir, str(gateway.data_dir / "images")):
+                dir_flushes.append((when, path))
+            else:
+                flushed[path] = when
+        elif name == "rename" and result == 0:
+            source, target = re.findall(r'"([^"]*)"', args)
+            renamed[target] = (when, flushed.get(source))
+    objects = [manifest["original"]["key"]] + [v["key"] for v in manifest["variants"]]
+    manifest_path = f"{upload_dir}/manifest.json"
+    for key in objects + [f"images/{manifest['id']}/manifest.json"]:
+        final = str(gateway.data_dir / key)
+        assert final in renamed, f"{key} was not written through a rename"
+        when, flush = renamed[final]
+        assert flush is not None and flush < when, f"{key} got its name before its data was flushed"
+    manifest_named = renamed[manifest_path][0]
+    last_object = max(renamed[str(gateway.data_dir / k)][0] for k in objects)
+    flushes_of_dir = [t for t, d in dir_flushes if d == upload_dir]
+    assert any(last_object < t < manifest_named for t in flushes_of_dir), "the files' names were not flushed before the manifest"
+    assert any(t > manifest_named for t in flushes_of_dir), "the manifest's name was not flushed"
+    assert any(t > manifest_named for t, d in dir_flushes if d == str(gateway.data_dir / "images")), \
+        "the upload's directory entry was not flushed"
