@@ -50,7 +50,7 @@ trap stop INT TERM EXIT
 
 # Both processors share this machine's cores: half the cores each, so workers match cores.
 WORKERS=$(( $(nproc) / 2 )); (( WORKERS >= 1 )) || WORKERS=1
-# glibc's per-thread malloc arenas fragment under libvips' threads; two keep RSS flat.
+# Each processor limits glibc's malloc to one arena itself (Sources/CMallocArena).
 "$BIN/prism-processor" --port "$P1" --status-port "$S1" --workers "$WORKERS" >"$LOGS/processor-1.log" 2>&1 &
 pids+=($!)
 "$BIN/prism-processor" --port "$P2" --status-port "$S2" --workers "$WORKERS" >"$LOGS/processor-2.log" 2>&1 &

@@ -22,9 +22,11 @@ __attribute__((constructor)) static void prism_one_malloc_arena(void) {
     if (getenv("MALLOC_ARENA_MAX") != NULL || (tunables != NULL && strstr(tunables, "arena_max") != NULL)) {
         return;
     }
+#ifdef M_ARENA_MAX
     if (mallopt(M_ARENA_MAX, 1) == 1) {
         chosen = 1;
     }
+#endif
 }
 
 int prism_malloc_arena_max(void) {

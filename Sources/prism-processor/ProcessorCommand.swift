@@ -164,7 +164,7 @@ struct ProcessorCommand: AsyncParsableCommand {
             ("default_timeout", "\(config.defaultTimeout)"), ("max_timeout", "\(config.maxTimeout)"),
             ("drain_timeout", "\(config.drainTimeout)"),
             // Set before any thread started (Sources/CMallocArena), unless the environment chose.
-            ("malloc_arenas", prism_malloc_arena_max() == 1 ? "1" : "from the environment"),
+            ("malloc_arenas", prism_malloc_arena_max() == 1 ? "1" : "as the environment or the C library sets them"),
         ]
         if StartupCheck.finish(settings, checkOnly: self.checkConfig, summary: summary, logger: logger) { return }
         let server = try ProcessorServer(configuration: config, logger: logger)

@@ -99,3 +99,18 @@ def test_bad_settings_stop_startup_with_a_clear_message(args, env, text):
                             env={**os.environ, **env}, timeout=30)
     assert result.returncode != 0
     assert text in result.stderr
+
+
+def test_one_malloc_arena_unless_the_environment_chooses():
+    # Set by a constructor before any thread exists (Sources/CMallocArena): with more arenas
+    # each kept the space of its last large decode and peak RSS held them all.
+    import os
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    own = subprocess.run([BIN / "prism-processor", "--check-config"], capture_output=True, text=True, env=env, timeout=30)
+    assert own.returncode == 0, own.stderr
+    assert "malloc_arenas = 1" in own.stdout + own.stderr
+    for chosen in ({"MALLOC_ARENA_MAX": "4"}, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}):
+        theirs = subprocess.run([BIN / "prism-processor", "--check-config"], capture_output=True, text=True,
+                                env={**env, **chosen}, timeout=30)
+        assert theirs.returncode == 0, theirs.stderr
+        assert "malloc_arenas = as the environment or the C library sets them" in theirs.stdout + theirs.stderr
