@@ -35,13 +35,15 @@ def main():
     parser.add_argument("--split", default="auto")
     parser.add_argument("--data-root", help="where the local store's directory is made (default: the system's temp dir)")
     parser.add_argument("--perf", metavar="FILE", help="also record `perf record -g` of the gateway into FILE")
+    parser.add_argument("--local-fsync", choices=["true", "false"], help="the gateway's --local-fsync (default: the gateway's, true)")
     args = parser.parse_args()
     if args.data_root:
         tempfile.tempdir = args.data_root
     bins = bench.bin_dir(args.bin_dir)
     logs = Path(tempfile.mkdtemp(prefix="prism-gateway-cpu-"))
     images = bench.corpus()
-    with bench.prism_stack(bins, logs, "gateway-cpu", args.in_flight, split=args.split) as (url, _data, gateway, processors):
+    flags = ["--local-fsync", args.local_fsync] if args.local_fsync else []
+    with bench.prism_stack(bins, logs, "gateway-cpu", args.in_flight, split=args.split, gateway_flags=flags) as (url, _data, gateway, processors):
         bench.http_load(url, images[:2], 1, 1)  # warm-up beyond http_load's own
         perf = None
         if args.perf:
@@ -59,7 +61,8 @@ def main():
     gateway_ms = 1000 * (after[0] - before[0]) / n
     processors_ms = 1000 * (sum(after[1:]) - sum(before[1:])) / n
     print(f"{n} uploads, median {row['median_ms']} ms, {row['uploads_per_s']}/s; CPU per upload: gateway {gateway_ms:.1f} ms,"
-          f" processors {processors_ms:.0f} ms; load {os.getloadavg()[0]:.1f}; store under {tempfile.gettempdir()}")
+          f" processors {processors_ms:.0f} ms; load {os.getloadavg()[0]:.1f}; store under {tempfile.gettempdir()},"
+          f" local fsync {args.local_fsync or 'default (true)'}")
 
 
 if __name__ == "__main__":

@@ -253,7 +253,7 @@ def http_load(url, images, in_flight, rounds, recipe=None):
 
 
 @contextlib.contextmanager
-def prism_stack(bins, logs, name, in_flight, store="local", seaweed=None, split="auto"):
+def prism_stack(bins, logs, name, in_flight, store="local", seaweed=None, split="auto", gateway_flags=()):
     """A gateway and two processors, started fresh; yields (url, data dir, gateway, processors)."""
     # Two processors on one machine share its cores: one worker per core in all.
     workers = str(max(1, (os.cpu_count() or 2) // 2))
@@ -261,7 +261,7 @@ def prism_stack(bins, logs, name, in_flight, store="local", seaweed=None, split=
     port = free_port()
     data = Path(tempfile.mkdtemp(prefix="prism-bench-"))
     flags = ["--port", port, "--processors", ",".join(f"127.0.0.1:{p.port}" for p in processors), "--data-dir", data,
-             "--split", split, "--max-concurrent-uploads", "64"]
+             "--split", split, "--max-concurrent-uploads", "64", *gateway_flags]
     env = {}
     if store == "s3":
         flags += ["--storage", "s3", "--s3-endpoint", seaweed.endpoint, "--s3-bucket", f"bench-{in_flight}-{split}", "--s3-create-bucket"]
