@@ -286,6 +286,7 @@ let package = Package(
                 "PrismGateway",
                 "PrismClient",
                 "PrismProto",
+                "PrismTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

@@ -160,7 +160,17 @@ enum ImageFormat {
     /// The frame type from the JPEG's start-of-frame marker, found by walking the marker
     /// segments from the start (each names its length); nil when none comes before the scan.
     static func jpegFrameType(_ data: Data) -> JPEGFrame? {
-        data.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) -> JPEGFrame? in
+        Self.jpegFrame(data)?.type
+    }
+
+    /// The start-of-frame marker's type and the image's stored size (before EXIF orientation).
+    static func jpegFrame(_ data: Data) -> (type: JPEGFrame, width: Int, height: Int)? {
+        data.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) -> (type: JPEGFrame, width: Int, height: Int)? in
+            func size(at offset: Int) -> (width: Int, height: Int) {
+                // Length (2), precision (1), height (2), width (2); 0 when cut short.
+                guard offset + 9 <= bytes.count else { return (0, 0) }
+                return (Int(bytes[offset + 7]) << 8 | Int(bytes[offset + 8]), Int(bytes[offset + 5]) << 8 | Int(bytes[offset + 6]))
+            }
             var offset = 2  // after SOI
             while offset + 4 <= bytes.count {
                 guard bytes[offset] == 0xFF else { return nil }
@@ -169,17 +179,63 @@ enum ImageFormat {
                     offset += 1
                     continue
                 }
+                let type: JPEGFrame
                 switch marker {
-                case 0xC0, 0xC1: return .sequential
-                case 0xC2: return .progressive
-                case 0xC3, 0xC5...0xC7, 0xC9...0xCB, 0xCD...0xCF: return .other
+                case 0xC0, 0xC1: type = .sequential
+                case 0xC2: type = .progressive
+                case 0xC3, 0xC5...0xC7, 0xC9...0xCB, 0xCD...0xCF: type = .other
                 case 0xDA, 0xD9: return nil  // the scan (or the end) before any frame header
                 case 0x01, 0xD0...0xD7:
                     offset += 2  // markers without a length
+                    continue
                 default:
                     offset += 2 + (Int(bytes[offset + 2]) << 8 | Int(bytes[offset + 3]))
+                    continue
                 }
+                let (width, height) = size(at: offset)
+                return (type, width, height)
             }
+            return nil
+        }
+    }
+
+    /// What the call planner needs to estimate a split (`CallCost`): the size and how the
+    /// source decodes. Nil for formats that are never split (`shrinksCheaplyOnLoad`) and for
+    /// headers it cannot read; the processor still reads the source itself.
+    static func header(_ data: Data, sniffed: String) -> SourceHeader? {
+        switch sniffed {
+        case "jpeg":
+            guard let frame = Self.jpegFrame(data), frame.type == .sequential, frame.width > 0, frame.height > 0 else { return nil }
+            return SourceHeader(width: frame.width, height: frame.height, bytes: data.count, format: .sequentialJPEG)
+        case "webp":
+            guard let (width, height) = Self.webpSize(data) else { return nil }
+            return SourceHeader(width: width, height: height, bytes: data.count, format: .webp)
+        default:
+            return nil
+        }
+    }
+
+    /// The canvas size from a WebP's first chunk: VP8X (extended), VP8L (lossless) or VP8
+    /// (lossy).
+    static func webpSize(_ data: Data) -> (width: Int, height: Int)? {
+        let head = [UInt8](data.prefix(30))
+        guard head.count == 30 else { return nil }
+        func little(_ offset: Int, _ count: Int) -> Int {
+            (0..<count).reduce(0) { $0 | Int(head[offset + $1]) << (8 * $1) }
+        }
+        let chunk = String(decoding: head[12..<16], as: UTF8.self)
+        switch chunk {
+        case "VP8X":
+            return (little(24, 3) + 1, little(27, 3) + 1)
+        case "VP8L":
+            guard head[20] == 0x2F else { return nil }
+            let bits = little(21, 4)
+            return ((bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1)
+        case "VP8 ":
+            guard head[23] == 0x9D, head[24] == 0x01, head[25] == 0x2A else { return nil }
+            let size = (little(26, 2) & 0x3FFF, little(28, 2) & 0x3FFF)
+            return size.0 > 0 && size.1 > 0 ? size : nil
+        default:
             return nil
         }
     }

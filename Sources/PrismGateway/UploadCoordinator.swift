@@ -104,9 +104,10 @@ struct UploadCoordinator: Sendable {
         let originalKey = "images/\(id)/original.\(ImageFormat.fileExtension(sniffed))"
         let calls = VariantPlanner.calls(
             recipe.variants, loads: self.pool.readyLoads(), split: self.configuration.split,
-            shrinksOnLoad: ImageFormat.shrinksCheaplyOnLoad(source, sniffed: sniffed)
+            shrinksOnLoad: ImageFormat.shrinksCheaplyOnLoad(source, sniffed: sniffed),
+            source: ImageFormat.header(source, sniffed: sniffed)
         )
-        logger.debug("upload planned", metadata: ["calls": "\(calls.count)", "threads": "\(calls.map(\.threads))", "variants": "\(recipe.variants.count)"])
+        logger.debug("upload planned", metadata: ["calls": "\(calls.map(\.members))", "threads": "\(calls.map(\.threads))", "variants": "\(recipe.variants.count)"])
 
         enum Part: Sendable {
             case original(sha256: Data?)
@@ -137,7 +138,8 @@ struct UploadCoordinator: Sendable {
                     let etags = Mutex<[Int: String]>([:])
                     // The variants' bytes are dropped once stored, not held until the upload ends.
                     var request = ProcessRequest(source: sourceBuffer, variants: specs, deadline: deadline, requestID: requestID, keepsVariantData: false)
-                    // One call is enough to describe the source.
+                    // One call is enough to describe the source: the planner puts first the one
+                    // where the placeholder costs least.
                     request.placeholder = number == 0
                     if number == 0 {
                         request.blurHash = recipe.blurHash

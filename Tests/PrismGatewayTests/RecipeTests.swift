@@ -2,6 +2,7 @@ import Foundation
 @testable import PrismGateway
 import PrismClient
 import PrismProto
+import PrismTestSupport
 import Testing
 
 @Suite("Recipes, plans and manifests")
@@ -97,6 +98,58 @@ struct RecipeTests {
             #expect(VariantPlanner.calls(variants, loads: idle, split: .never, shrinksOnLoad: shrinks) == [PlannedCall(members: all, threads: 1)])
         }
         #expect(VariantPlanner.calls([variants[0]], loads: idle, split: .auto, shrinksOnLoad: true) == [PlannedCall(members: [0], threads: 2)])
+    }
+
+    @Test("with the source's size known, the split is chosen by estimated cost")
+    func costedSplit() throws {
+        let variants = RecipeBook.builtIn.variants  // thumb, small, medium, large, blur
+        let idle = [ProcessorLoad(address: "a", inFlight: 0, workers: 1), ProcessorLoad(address: "b", inFlight: 0, workers: 1)]
+        func plan(_ width: Int, _ height: Int, bytes: Int) -> [PlannedCall] {
+            let source = SourceHeader(width: width, height: height, bytes: bytes, format: .sequentialJPEG)
+            let calls = VariantPlanner.calls(variants, loads: idle, split: .auto, shrinksOnLoad: true, source: source)
+            #expect(calls.flatMap(\.members).sorted() == Array(variants.indices), "each variant in exactly one call")
+            return calls
+        }
+        // 1920x1200: the 1280 px variant needs a full decode anyway, so it goes with the 2048 px
+        // one; the 640 and 200 px ones decode at half size. The placeholder goes with them
+        // (first): their frames are the small ones.
+        #expect(plan(1920, 1200, bytes: 1_150_000) == [PlannedCall(members: [0, 1, 4], threads: 1), PlannedCall(members: [2, 3], threads: 1)])
+        // 2560x1600: the 1280 px variant is exactly half, so everything but the 2048 px one
+        // decodes at half size; the 2048 px call is clearly the longer and gets a second thread.
+        #expect(plan(2560, 1600, bytes: 880_000) == [PlannedCall(members: [0, 1, 2, 4], threads: 1), PlannedCall(members: [3], threads: 2)])
+        // Not busy enough to split, or a format that does not shrink on load: as before.
+        let source = SourceHeader(width: 2560, height: 1600, bytes: 880_000, format: .sequentialJPEG)
+        let busy = [ProcessorLoad(address: "a", inFlight: 1, workers: 1), ProcessorLoad(address: "b", inFlight: 0, workers: 1)]
+        #expect(VariantPlanner.calls(variants, loads: busy, split: .auto, shrinksOnLoad: true, source: source) == [PlannedCall(members: Array(variants.indices), threads: 1)])
+        #expect(VariantPlanner.calls(variants, loads: idle, split: .auto, shrinksOnLoad: false, source: nil) == [PlannedCall(members: Array(variants.indices), threads: 2)])
+        // A recipe too large to try every grouping falls back to the fixed per-variant cost.
+        let many = Array(repeating: variants[0], count: 9)
+        #expect(VariantPlanner.cheapestGroups(many, into: 2, source: source) == nil)
+    }
+
+    @Test("the planner reads the size from baseline JPEG and WebP headers")
+    func headers() throws {
+        let photo = try TestImages.photo("Blinds.jpg")
+        #expect(ImageFormat.header(photo, sniffed: "jpeg") == SourceHeader(width: 1920, height: 1200, bytes: photo.count, format: .sequentialJPEG))
+        // A progressive JPEG is never split, so it needs no estimate.
+        var progressive = Data([0xFF, 0xD8, 0xFF, 0xC2, 0x00, 0x11, 0x08, 0x06, 0x40, 0x0A, 0x00, 0x03])
+        #expect(ImageFormat.header(progressive, sniffed: "jpeg") == nil)
+        progressive[3] = 0xC0
+        #expect(ImageFormat.header(progressive, sniffed: "jpeg") == SourceHeader(width: 2560, height: 1600, bytes: 12, format: .sequentialJPEG))
+        // WebP: lossy (VP8), lossless (VP8L) and extended (VP8X) first chunks.
+        func riff(_ chunk: String, _ payload: [UInt8]) -> Data {
+            Data(Array("RIFF".utf8) + [0, 0, 0, 0] + Array("WEBP".utf8) + Array(chunk.utf8) + [0, 0, 0, 0] + payload)
+        }
+        let lossy = riff("VP8 ", [0, 0, 0, 0x9D, 0x01, 0x2A, 0x00, 0x0A, 0x40, 0x06])
+        #expect(ImageFormat.webpSize(lossy)! == (2560, 1600))
+        // VP8L: 0x2F, then width-1 and height-1 in 14 bits each: 639 and 399.
+        let bits = 639 | 399 << 14
+        let lossless = riff("VP8L", [0x2F] + (0..<4).map { UInt8(bits >> (8 * $0) & 0xFF) } + [0, 0, 0, 0, 0])
+        #expect(ImageFormat.webpSize(lossless)! == (640, 400))
+        let extended = riff("VP8X", [0, 0, 0, 0, 0xFF, 0x07, 0x00, 0x3F, 0x06, 0x00, 0, 0])
+        #expect(ImageFormat.webpSize(extended)! == (2048, 1600))
+        #expect(ImageFormat.webpSize(riff("VP8 ", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0])) == nil)  // no start code
+        #expect(ImageFormat.header(Data([0x89, 0x50, 0x4E, 0x47]), sniffed: "png") == nil)
     }
 
     @Test("baseline JPEG and WebP shrink cheaply on load; progressive JPEG and PNG do not")
