@@ -330,6 +330,10 @@ struct PipelineTests {
         #expect(outputs.map(\.size) == [Size(width: 200, height: 200), Size(width: 640, height: 480), Size(width: 2048, height: 1536)])
         let (thumbOnly, thumbSummary) = try runJob(source, [specs[0]])
         #expect(thumbSummary.shrinkOnLoad == 8)
+        // A variant that needs exactly a quarter of the source is the 1/4 scaled decode itself.
+        let (quarter, quarterSummary) = try runJob(source, [variant("medium", [resize(1280, 1280, fit: .inside)])])
+        #expect(quarterSummary.shrinkOnLoad == 4)
+        #expect(quarter.map(\.size) == [Size(width: 1280, height: 960)])
         // Made from the 640 px frame or straight from the source, the thumbnail looks the same.
         #expect(try meanAbsDifference(try decode(outputs[0].data).image, try decode(thumbOnly[0].data).image) < 4)
     }
