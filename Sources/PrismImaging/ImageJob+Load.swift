@@ -58,14 +58,19 @@ extension JobRun {
     /// A variant that needs exactly 1/2, 1/4 or 1/8 of the source comes straight from the
     /// scaled decode, with no resample after it (as imgproxy does; `vips_thumbnail` leaves a
     /// 2x reduce after it). libjpeg's scaled inverse DCT is a clean reduction: against a full
-    /// decode and a Lanczos 3 reduce, 42-53 dB PSNR on the corpus photos and 1-3% fewer bytes
-    /// (docs/performance.md), for a decode of a quarter of the pixels and no reduce.
-    static func shrinkFactor(plans: [VariantPlan], oriented: Size) -> Int {
+    /// decode and a Lanczos 3 reduce, at 1/2, 1/4 and 1/8 of the corpus photos and the 19 MP
+    /// JPEG, 41.8-54.7 dB PSNR and 0.6-2.6% fewer bytes (docs/performance.md), for a decode of
+    /// a fraction of the pixels and no reduce.
+    ///
+    /// A variant's `needs` is in the orientation it works in: upright (`oriented`) when it
+    /// auto-orients, as stored (`stored`) when it does not.
+    static func shrinkFactor(plans: [VariantPlan], oriented: Size, stored: Size) -> Int {
         for factor in [8, 4, 2] {
             let fits = plans.allSatisfy { plan in
-                // libvips rounds the reduced size down (JPEG) or to nearest (WebP): either way
-                // at least `needs` when needs x factor fits in the source.
-                plan.needs.width * factor <= oriented.width && plan.needs.height * factor <= oriented.height
+                // libvips rounds the reduced size down (JPEG, measured) or to nearest (WebP):
+                // either way at least `needs` when needs x factor fits in the source.
+                let source = plan.autoOrient ? oriented : stored
+                return plan.needs.width * factor <= source.width && plan.needs.height * factor <= source.height
             }
             if fits { return factor }
         }

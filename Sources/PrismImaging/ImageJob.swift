@@ -164,7 +164,7 @@ struct JobRun {
         }
 
         // Decode once, as small as the most demanding variant allows.
-        let shrink = loader.supportsShrink ? Self.shrinkFactor(plans: plans, oriented: oriented) : 1
+        let shrink = loader.supportsShrink ? Self.shrinkFactor(plans: plans, oriented: oriented, stored: size) : 1
         let opened = shrink == 1 ? header : try self.open(loader: loader, shrink: shrink)
         let decoded: VImage
         do {

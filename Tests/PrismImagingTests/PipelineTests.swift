@@ -91,6 +91,21 @@ struct PipelineTests {
         #expect(try meanAbsDifference(fullSquare, unturned) > 10, "the comparison must be able to tell orientations apart")
     }
 
+    @Test("a variant that keeps the stored orientation shrinks on load by the stored size, not the upright one")
+    func storedOrientationShrink() throws {
+        let source = try TestImages.edge("orient6-gps.jpg")  // stored 2560x1600, shown 1600x2560
+        // 100x1200 as stored: a half-size decode (1280x800) would be too short. Measured against
+        // the upright 1600x2560 it would seem to fit.
+        var stored = variant("stored", [resize(100, 1200, fit: .fill)])
+        stored.noAutoOrient = true
+        let (outputs, summary) = try runJob(source, [stored])
+        #expect(summary.shrinkOnLoad == 1)
+        #expect(outputs.map(\.size) == [Size(width: 100, height: 1200)])
+        // Upright, the same box fits a half-size decode (800x1280).
+        let (_, upright) = try runJob(source, [variant("upright", [resize(100, 1200, fit: .fill)])])
+        #expect(upright.shrinkOnLoad == 2)
+    }
+
     @Test("EXIF and GPS are stripped from every format unless kept", arguments: [Prism_V1_Format.jpeg, .png, .webp, .avif])
     func metadataStripped(format: Prism_V1_Format) throws {
         let source = try TestImages.edge("orient6-gps.jpg")
