@@ -172,8 +172,14 @@ enum ImageFormat {
                 return (Int(bytes[offset + 7]) << 8 | Int(bytes[offset + 8]), Int(bytes[offset + 5]) << 8 | Int(bytes[offset + 6]))
             }
             var offset = 2  // after SOI
+            // A step can advance as little as one byte (a fill byte): a body crafted of them
+            // must not cost a walk over megabytes. Real files reach their frame header within
+            // a few dozen segments (a 16 MB ICC profile is 256); past 4096 the answer is nil
+            // and the processor reads the file itself.
+            var steps = 0
             while offset + 4 <= bytes.count {
-                guard bytes[offset] == 0xFF else { return nil }
+                steps += 1
+                guard steps <= 4096, bytes[offset] == 0xFF else { return nil }
                 let marker = bytes[offset + 1]
                 if marker == 0xFF {  // fill byte
                     offset += 1

@@ -105,7 +105,7 @@ struct UploadCoordinator: Sendable {
         let calls = VariantPlanner.calls(
             recipe.variants, loads: self.pool.readyLoads(), split: self.configuration.split,
             shrinksOnLoad: ImageFormat.shrinksCheaplyOnLoad(source, sniffed: sniffed),
-            source: ImageFormat.header(source, sniffed: sniffed)
+            source: ImageFormat.header(source, sniffed: sniffed)  // read only when a split is possible
         )
         logger.debug("upload planned", metadata: ["calls": "\(calls.map(\.members))", "threads": "\(calls.map(\.threads))", "variants": "\(recipe.variants.count)"])
 

@@ -16,8 +16,8 @@ struct PlannedCall: Equatable {
 /// workers, there are two ways to use them for one upload:
 ///
 /// - split the variants over the processors with a free worker: each call decodes again, but
-///   a call that needs only small variants decodes at 1/4 or 1/8 of the size where that is
-///   cheap (WebP, baseline JPEG shrink-on-load), and makes its variants from that small frame;
+///   a call that needs only smaller variants decodes at 1/2, 1/4 or 1/8 of the size where that
+///   is cheap (WebP, baseline JPEG shrink-on-load), and makes its variants from that frame;
 /// - keep one call and tell it how many workers are idle (`Request.threads`): the processor
 ///   decodes once on that many libvips threads and makes the variants in parallel chains.
 ///
@@ -36,10 +36,12 @@ enum VariantPlanner {
     /// - Parameters:
     ///   - shrinksOnLoad: the source decodes at a fraction of its size, for a fraction of the
     ///     cost, when fewer pixels are needed (`ImageFormat.shrinksCheaplyOnLoad`).
-    ///   - source: the source's header, when it could be read; without it a split groups by a
-    ///     fixed per-variant cost.
+    ///   - source: the source's header, when it could be read; without it (a truncated frame
+    ///     header, an unknown WebP chunk) a split groups by a fixed per-variant cost.
+    ///   Both are read only when a split is possible.
     static func calls(
-        _ variants: [Prism_V1_VariantSpec], loads: [ProcessorLoad], split: SplitPolicy, shrinksOnLoad: Bool, source: SourceHeader? = nil
+        _ variants: [Prism_V1_VariantSpec], loads: [ProcessorLoad], split: SplitPolicy,
+        shrinksOnLoad: @autoclosure () -> Bool, source: @autoclosure () -> SourceHeader? = nil
     ) -> [PlannedCall] {
         let indices = Array(variants.indices)
         switch split {
@@ -48,9 +50,13 @@ enum VariantPlanner {
         case .auto:
             let free = loads.filter { $0.inFlight < $0.workers }.count
             let idle = loads.reduce(0) { $0 + max(0, $1.workers - $1.inFlight) }
-            if shrinksOnLoad, free > 1, variants.count > 1 {
-                if let source, let groups = Self.cheapestGroups(variants, into: min(free, 3), source: source) {
-                    // A second decode is not always worth it (a small source): one call then.
+            // A readable header is only returned for sources that shrink on load; without one,
+            // ask (one walk over the JPEG's markers, not two).
+            let header = free > 1 && variants.count > 1 ? source() : nil
+            if free > 1, variants.count > 1, header != nil || shrinksOnLoad() {
+                if let source = header, let groups = Self.cheapestGroups(variants, into: min(free, 3), source: source) {
+                    // One call when it is estimated fastest (rare: a second decode would have
+                    // to cost more than the split saves).
                     guard groups.count > 1 else { return [PlannedCall(members: indices, threads: max(1, idle))] }
                     // The slowest call also gets a second thread when the others are clearly
                     // shorter: they end first, and their core then works on it (a lone 2048 px
@@ -94,12 +100,14 @@ enum VariantPlanner {
                 var masks = [Int](repeating: 0, count: groups)
                 for (variant, group) in assignment.enumerated() { masks[group] |= 1 << variant }
                 let plain = masks.map { cost($0, placeholder: false) }
-                // The placeholder on each call in turn; keep the cheapest.
-                var choice: (slowest: Double, holder: Int) = (.infinity, 0)
+                // The placeholder on each call in turn: the one that keeps the slowest call
+                // fastest, and of equals the one where it costs least.
+                var choice: (slowest: Double, extra: Double, holder: Int) = (.infinity, .infinity, 0)
                 for holder in masks.indices {
-                    var slowest = cost(masks[holder], placeholder: true)
+                    let extra = cost(masks[holder], placeholder: true) - plain[holder]
+                    var slowest = plain[holder] + extra
                     for other in masks.indices where other != holder { slowest = max(slowest, plain[other]) }
-                    if slowest < choice.slowest { choice = (slowest, holder) }
+                    if (slowest, extra) < (choice.slowest, choice.extra) { choice = (slowest, extra, holder) }
                 }
                 var each = plain
                 each[choice.holder] = cost(masks[choice.holder], placeholder: true)

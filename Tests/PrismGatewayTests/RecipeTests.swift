@@ -122,6 +122,18 @@ struct RecipeTests {
         let busy = [ProcessorLoad(address: "a", inFlight: 1, workers: 1), ProcessorLoad(address: "b", inFlight: 0, workers: 1)]
         #expect(VariantPlanner.calls(variants, loads: busy, split: .auto, shrinksOnLoad: true, source: source) == [PlannedCall(members: Array(variants.indices), threads: 1)])
         #expect(VariantPlanner.calls(variants, loads: idle, split: .auto, shrinksOnLoad: false, source: nil) == [PlannedCall(members: Array(variants.indices), threads: 2)])
+        // The placeholder's call comes first whatever the recipe's order: the 2048 px variant
+        // listed first still gets the second call, the placeholder goes with the small frames.
+        let reordered = [variants[3], variants[0], variants[1], variants[2], variants[4]]
+        #expect(
+            VariantPlanner.calls(reordered, loads: idle, split: .auto, shrinksOnLoad: true, source: source)
+                == [PlannedCall(members: [1, 2, 3, 4], threads: 1), PlannedCall(members: [0], threads: 2)]
+        )
+        // Three idle processors: up to three calls, still every variant once.
+        let three = idle + [ProcessorLoad(address: "c", inFlight: 0, workers: 1)]
+        let spread = VariantPlanner.calls(variants, loads: three, split: .auto, shrinksOnLoad: true, source: source)
+        #expect(spread.count >= 2 && spread.count <= 3)
+        #expect(spread.flatMap(\.members).sorted() == Array(variants.indices))
         // A recipe too large to try every grouping falls back to the fixed per-variant cost.
         let many = Array(repeating: variants[0], count: 9)
         #expect(VariantPlanner.cheapestGroups(many, into: 2, source: source) == nil)
@@ -150,6 +162,22 @@ struct RecipeTests {
         #expect(ImageFormat.webpSize(extended)! == (2048, 1600))
         #expect(ImageFormat.webpSize(riff("VP8 ", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0])) == nil)  // no start code
         #expect(ImageFormat.header(Data([0x89, 0x50, 0x4E, 0x47]), sniffed: "png") == nil)
+        // What cannot be read gives no estimate (the split falls back to fixed costs), never a
+        // crash: a frame header cut short, a zero height, a short WebP, a bad VP8L signature,
+        // an unknown first chunk.
+        #expect(ImageFormat.header(Data([0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 0x08, 0x06]), sniffed: "jpeg") == nil)
+        #expect(ImageFormat.header(Data([0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 0x08, 0x00, 0x00, 0x0A, 0x00, 0x03]), sniffed: "jpeg") == nil)
+        #expect(ImageFormat.header(lossy.prefix(29), sniffed: "webp") == nil)
+        var badSignature = lossless
+        badSignature[20] = 0x2E
+        #expect(ImageFormat.webpSize(badSignature) == nil)
+        #expect(ImageFormat.webpSize(riff("ALPH", Array(repeating: 0, count: 10))) == nil)
+        // A body of fill bytes after SOI is given up on after a bounded walk, not read to its end.
+        let fill = Data([0xFF, 0xD8] + Array(repeating: 0xFF, count: 8 << 20) + [0xC0, 0x00, 0x11, 0x08, 0x06, 0x40, 0x0A, 0x00, 0x03])
+        #expect(ImageFormat.jpegFrame(fill) == nil)
+        // A few fill bytes, as real files have, are fine.
+        let fewFill = Data([0xFF, 0xD8, 0xFF, 0xFF, 0xFF, 0xC0, 0x00, 0x11, 0x08, 0x06, 0x40, 0x0A, 0x00, 0x03])
+        #expect(ImageFormat.header(fewFill, sniffed: "jpeg") == SourceHeader(width: 2560, height: 1600, bytes: fewFill.count, format: .sequentialJPEG))
     }
 
     @Test("baseline JPEG and WebP shrink cheaply on load; progressive JPEG and PNG do not")
