@@ -18,6 +18,10 @@ public final class ProcessorPool: Service, Sendable {
     let configuration: ProcessorPoolConfiguration
     let logger: Logger
     private let state = Mutex(PoolState())
+    /// Held from reading the states to recording the gauges, so two subchannels changing
+    /// state at once cannot record their snapshots out of order (the gauge could stay at an
+    /// older count while /readyz already saw the new one).
+    private let publishing = Mutex(())
     private let commands: AsyncStream<Subchannel>.Continuation
     private let commandStream: AsyncStream<Subchannel>
     private let metrics: PoolMetrics
@@ -179,10 +183,12 @@ public final class ProcessorPool: Service, Sendable {
 
     /// Recomputes the per-state connection gauges.
     func publishStates() {
-        let subchannels = self.state.withLock { Array($0.subchannels.values) }
-        let names = subchannels.map(\.gaugeName)
-        for name in SubchannelStateMachine<ProcessorConnection>.gaugeNames {
-            self.metrics.connections(name).record(names.filter { $0 == name }.count)
+        self.publishing.withLock { _ in
+            let subchannels = self.state.withLock { Array($0.subchannels.values) }
+            let names = subchannels.map(\.gaugeName)
+            for name in SubchannelStateMachine<ProcessorConnection>.gaugeNames {
+                self.metrics.connections(name).record(names.filter { $0 == name }.count)
+            }
         }
     }
 
