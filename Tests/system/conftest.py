@@ -8,8 +8,10 @@ come at any moment. A wait that polls ends as soon as its condition holds, so a 
 nothing when all is well; what a test asserts about time it measures itself, against the
 alternative it rules out.
 """
+import atexit
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,7 +43,11 @@ class FakeDNS:
 
     def __init__(self, tmp_path, name):
         if FakeDNS._library is None:
-            built = Path(tempfile.mkdtemp(prefix="prism-fake-dns-")) / "fake_resolver.so"
+            folder = tempfile.mkdtemp(prefix="prism-fake-dns-")
+            # Removed when the test session ends (every process that preloads it is stopped by
+            # then); one was left behind per session before.
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            built = Path(folder) / "fake_resolver.so"
             subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(built),
                             str(REPO / "Tests" / "system" / "support" / "fake_resolver.c"), "-ldl"], check=True)
             FakeDNS._library = built
